@@ -1,0 +1,52 @@
+"""Atomic file output: every file appears whole under its final name or not at all."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from .errors import InputError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it into place only if the block succeeds.
+
+    Writers write to the yielded path. A failure or interruption inside the block
+    removes the temporary file, so a half-written output never carries the real name.
+    """
+    target = Path(path)
+    directory = target.parent
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part" + target.suffix, dir=directory)
+    except OSError as exc:
+        raise InputError(f"cannot write to {directory}: {exc.strerror or exc}; choose a writable output folder") from exc
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def save_image(image, path: str | os.PathLike) -> Path:
+    """Save a PIL image atomically; the format follows the file extension (PNG if none is known)."""
+    target = Path(path)
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(target.suffix.lower(), "PNG")
+    with atomic_path(target) as tmp:
+        image.save(tmp, format=fmt)
+    return target
+
+
+def write_text(text: str, path: str | os.PathLike) -> Path:
+    target = Path(path)
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return target
