@@ -1,0 +1,224 @@
+"""One forward pass per image, one typed result that every analysis reads."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Sequence
+
+from .errors import InputError
+from .geometry import Geometry, Resolution
+
+log = logging.getLogger("dinoscope")
+
+
+@dataclass
+class Features:
+    """Tokens of one image from one layer: CLS (D,), registers (R, D), patches (rows, cols, D).
+
+    Tensors are float32 on the CPU whatever the model ran in, so analyses give the same
+    numbers everywhere; `dtype` records what the model computed in.
+    """
+
+    cls: "torch.Tensor"
+    registers: "torch.Tensor"
+    patches: "torch.Tensor"
+    geometry: Geometry
+    model: str = ""
+    revision: str = ""
+    dtype: str = "float32"
+    layer: int = -1
+    normed: bool = True
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def flat(self) -> "torch.Tensor":
+        """Patch tokens as (N, D) in row-major order."""
+        return self.patches.reshape(-1, self.patches.shape[-1])
+
+    @property
+    def dim(self) -> int:
+        return self.patches.shape[-1]
+
+    def metadata(self) -> dict[str, str]:
+        return {
+            "geometry": self.geometry.to_json(),
+            "model": self.model,
+            "revision": self.revision,
+            "dtype": self.dtype,
+            "layer": str(self.layer),
+            "normed": str(self.normed).lower(),
+            "extra": json.dumps(self.extra),
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write a .safetensors file: keys cls, registers, patches; geometry and provenance in the metadata."""
+        from safetensors.torch import save_file
+
+        from .files import atomic_path
+
+        tensors = {"cls": self.cls.contiguous(), "registers": self.registers.contiguous(),
+                   "patches": self.patches.contiguous()}
+        with atomic_path(path) as tmp:
+            save_file(tensors, os.fspath(tmp), metadata=self.metadata())
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Features":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(os.fspath(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in ("cls", "registers", "patches")}
+            geometry = Geometry.from_json(meta["geometry"])
+        except (OSError, KeyError, ValueError, RuntimeError) as exc:  # safetensors raises several kinds on bad files
+            raise InputError(f"{path} is not a dinoscope features file ({exc}); write one with `dinoscope extract`") from exc
+        except Exception as exc:  # SafetensorError does not derive from a common base we can name portably
+            raise InputError(f"{path} is not a readable features file ({type(exc).__name__}); write one with `dinoscope extract`") from exc
+        return cls(tensors["cls"], tensors["registers"], tensors["patches"], geometry,
+                   model=meta.get("model", ""), revision=meta.get("revision", ""), dtype=meta.get("dtype", "float32"),
+                   layer=int(meta.get("layer", -1)), normed=meta.get("normed", "true") == "true",
+                   extra=json.loads(meta.get("extra", "{}")))
+
+
+def preprocess(image, geometry: Geometry, mean, std) -> "torch.Tensor":
+    """RGB PIL image -> normalised (3, H, W) float32 tensor of the model input size.
+
+    Native resolution crops the top-left whole-patch area (what the model would see
+    anyway); other policies resize the whole image with antialiased bicubic filtering.
+    """
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    w, h = geometry.input_size
+    if geometry.resized:
+        image = image.resize((w, h), Image.Resampling.BICUBIC)
+    elif image.size != (w, h):
+        image = image.crop((0, 0, w, h))
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    tensor = torch.from_numpy(array).permute(2, 0, 1)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return (tensor - mean_t) / std_t
+
+
+def extract(backbone, image, *, resolution: Resolution | None = None, layer: int = -1, normed: bool = True) -> Features:
+    """Run the model once on one image and return its tokens from `layer`.
+
+    `image` is anything `load_image` accepts. `normed` applies the model's final norm
+    (the default, matching `last_hidden_state`); False gives the raw block output.
+    """
+    return extract_layers(backbone, image, resolution=resolution, layers=[layer], normed=normed)[0]
+
+
+def extract_layers(backbone, image, *, resolution: Resolution | None = None, layers: Sequence[int] = (-1,),
+                   normed: bool = True) -> list[Features]:
+    """Tokens from several layers of one forward pass (the pass stops at the deepest one asked for)."""
+    from .images import load_image
+
+    image = load_image(image)
+    return extract_batch(backbone, [image], resolution=resolution, layers=layers, normed=normed)[0]
+
+
+def extract_batch(backbone, images: Sequence, *, resolution: Resolution | None = None, layers: Sequence[int] = (-1,),
+                  normed: bool = True, batch_size: int = 8) -> list[list[Features]]:
+    """Extract many RGB PIL images; images of the same model input size share a forward pass.
+
+    Returns, per image, a list with one Features per requested layer.
+    """
+    import torch
+
+    resolution = resolution or Resolution()
+    blocks = [backbone.layer_index(layer) for layer in layers]
+    geometries = []
+    for image in images:
+        geometry, notice = Geometry.for_image(image.width, image.height, backbone.patch_size, resolution)
+        if notice:
+            log.warning(notice)
+        geometries.append(geometry)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, geometry in enumerate(geometries):
+        groups.setdefault(geometry.input_size, []).append(i)
+    results: list[list[Features] | None] = [None] * len(images)
+    for members in groups.values():
+        for start in range(0, len(members), batch_size):
+            chunk = members[start:start + batch_size]
+            pixels = torch.stack([preprocess(images[i], geometries[i], backbone.mean, backbone.std) for i in chunk])
+            outputs = forward_tokens(backbone, pixels, blocks, normed)
+            for j, i in enumerate(chunk):
+                results[i] = [
+                    Features(cls_t[j], regs[j], patches[j], geometries[i], model=backbone.source,
+                             revision=backbone.revision, dtype=str(backbone.dtype).removeprefix("torch."),
+                             layer=block, normed=normed)
+                    for block, (cls_t, regs, patches) in zip(blocks, outputs)
+                ]
+    return results  # type: ignore[return-value]
+
+
+def forward_tokens(backbone, pixels, blocks: Sequence[int], normed: bool):
+    """Run the model on a batch; per block return (cls (B, D), registers (B, R, D), patches (B, rows, cols, D))."""
+    import torch
+
+    module = backbone.module
+    pixels = pixels.to(device=backbone.device, dtype=backbone.dtype)
+    rows, cols = pixels.shape[-2] // backbone.patch_size, pixels.shape[-1] // backbone.patch_size
+    wanted = sorted(set(blocks))
+    with torch.inference_mode():
+        if backbone.kind == "vit":
+            states = _vit_block_outputs(module, pixels, wanted)
+        else:
+            out = module(pixel_values=pixels, output_hidden_states=True)
+            states = {b: out.hidden_states[b + 1] for b in wanted}
+        outputs = []
+        for b in blocks:
+            h = states[b]
+            if backbone.kind == "convnext":
+                outputs.append(_convnext_tokens(module, h, normed))
+                continue
+            if normed:
+                h = (module.norm if backbone.kind == "vit" else module.layernorm)(h)
+            h = h.float().cpu()
+            r = backbone.num_registers
+            outputs.append((h[:, 0], h[:, 1:1 + r], h[:, 1 + r:].reshape(h.shape[0], rows, cols, -1)))
+    return outputs
+
+
+def _vit_layers(module):
+    encoder = getattr(module, "model", None)  # transformers 5 keeps the blocks in an encoder submodule
+    layers = getattr(encoder, "layer", None) if encoder is not None else None
+    return layers if layers is not None else module.layer
+
+
+def _vit_block_outputs(module, pixels, wanted: Sequence[int]):
+    """Run DINOv3 ViT blocks up to the deepest wanted one, keeping only the wanted outputs."""
+    hidden = module.embeddings(pixels)
+    position = module.rope_embeddings(pixels)
+    keep = {}
+    for i, block in enumerate(_vit_layers(module)):
+        if i > wanted[-1]:
+            break
+        hidden = block(hidden, position_embeddings=position)
+        if isinstance(hidden, tuple):
+            hidden = hidden[0]
+        if i in wanted:
+            keep[i] = hidden
+    return keep
+
+
+def _convnext_tokens(module, h, normed: bool):
+    """ConvNeXt stage output (B, C, H, W): patches are the map, its pooled vector stands in for CLS."""
+    import torch
+
+    patches = h.permute(0, 2, 3, 1)
+    pooled = patches.mean(dim=(1, 2))
+    if normed:
+        norm = getattr(module, "layer_norm", None) or getattr(module, "norm", None)
+        if norm is not None and norm.normalized_shape[0] == patches.shape[-1]:
+            patches, pooled = norm(patches), norm(pooled)
+    empty = torch.zeros(h.shape[0], 0, patches.shape[-1])
+    return pooled.float().cpu(), empty, patches.float().cpu()

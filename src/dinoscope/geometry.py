@@ -1,0 +1,182 @@
+"""Where each patch lies in the original image, and how the image is sized for the model.
+
+Every map and box is placed through a `Geometry`, so that a patch's value lands on
+exactly the original pixels that patch saw, whatever resizing or cropping happened.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+
+from .errors import InputError
+
+DEFAULT_MAX_TOKENS = 16384
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """How an image is sized before the model sees it.
+
+    mode "native" keeps the pixels as they are (the model drops the right and bottom
+    remainder that does not fill a patch); "short" / "long" resize so that the short or
+    long side is `size` pixels, rounded to a multiple of the patch size. Above
+    `max_tokens` patches the input is downscaled further (None disables the budget).
+    """
+
+    mode: str = "native"
+    size: int | None = None
+    max_tokens: int | None = DEFAULT_MAX_TOKENS
+
+    def __post_init__(self):
+        if self.mode not in ("native", "short", "long"):
+            raise InputError(f"unknown resolution mode {self.mode!r}; use native, short:N or long:N")
+        if self.mode != "native" and (self.size is None or self.size < 1):
+            raise InputError(f"resolution {self.mode} needs a positive side length, e.g. {self.mode}:768")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise InputError("the token budget must be at least 1 (or none to disable it)")
+
+    @classmethod
+    def parse(cls, text: str, max_tokens: int | None = DEFAULT_MAX_TOKENS) -> "Resolution":
+        """Parse "native", "short:960" or "long:768" (a bare number means short side)."""
+        text = text.strip().lower()
+        if text == "native":
+            return cls("native", None, max_tokens)
+        mode, _, size = text.partition(":")
+        if not size and mode.isdigit():
+            mode, size = "short", mode
+        if mode not in ("short", "long") or not size.isdigit():
+            raise InputError(f"cannot read resolution {text!r}; use native, short:N or long:N (e.g. short:768)")
+        return cls(mode, int(size), max_tokens)
+
+    def __str__(self) -> str:
+        return self.mode if self.mode == "native" else f"{self.mode}:{self.size}"
+
+    def input_size(self, width: int, height: int, patch_size: int) -> tuple[tuple[int, int], str | None]:
+        """The model input size (w, h), a multiple of `patch_size`, and a notice if the budget shrank it."""
+        p = patch_size
+        if width < p or height < p:
+            raise InputError(
+                f"image of {width}x{height} pixels is smaller than one {p}x{p} patch; use a larger image"
+            )
+        if self.mode == "native":
+            w, h = (width // p) * p, (height // p) * p
+        else:
+            side = min(width, height) if self.mode == "short" else max(width, height)
+            scale = self.size / side
+            w = max(p, round(width * scale / p) * p)
+            h = max(p, round(height * scale / p) * p)
+        notice = None
+        if self.max_tokens is not None and (w // p) * (h // p) > self.max_tokens:
+            before = (w // p) * (h // p)
+            shrink = math.sqrt(self.max_tokens / before)
+            w2 = max(p, int(w * shrink / p) * p)
+            h2 = max(p, int(h * shrink / p) * p)
+            while (w2 // p) * (h2 // p) > self.max_tokens:  # floor rounding can still overshoot by a row
+                if w2 >= h2 and w2 > p:
+                    w2 -= p
+                else:
+                    h2 -= p
+            notice = (
+                f"{width}x{height} image would give {before} patches, above the budget of {self.max_tokens}; "
+                f"downscaled to {w2}x{h2} ({(w2 // p) * (h2 // p)} patches); raise it with --max-tokens"
+            )
+            w, h = w2, h2
+        return (w, h), notice
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The mapping between patch indices, grid cells and original-image pixels.
+
+    The model input is `input_size` (a whole number of patches). For native resolution
+    it is the top-left crop of the original image, so a patch covers exactly its own
+    pixels and the right/bottom remainder is uncovered; for resized inputs it is the
+    whole image rescaled, so a patch covers a scaled box.
+    """
+
+    patch_size: int
+    rows: int
+    cols: int
+    image_size: tuple[int, int]  # original (width, height)
+    input_size: tuple[int, int]  # model input (width, height) == (cols, rows) * patch_size
+    resized: bool
+
+    @classmethod
+    def for_image(cls, width: int, height: int, patch_size: int, resolution: Resolution) -> tuple["Geometry", str | None]:
+        (w, h), notice = resolution.input_size(width, height, patch_size)
+        resized = resolution.mode != "native" or notice is not None
+        return cls(patch_size, h // patch_size, w // patch_size, (width, height), (w, h), resized), notice
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.rows, self.cols
+
+    @property
+    def num_patches(self) -> int:
+        return self.rows * self.cols
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """Original pixels per input pixel, along x and y."""
+        if not self.resized:
+            return 1.0, 1.0
+        return self.image_size[0] / self.input_size[0], self.image_size[1] / self.input_size[1]
+
+    @property
+    def covered(self) -> tuple[int, int]:
+        """Width and height of the original-image area the patch grid describes (from the top-left)."""
+        if self.resized:
+            return self.image_size
+        return self.input_size
+
+    def index(self, row: int, col: int) -> int:
+        self._check_cell(row, col)
+        return row * self.cols + col
+
+    def cell(self, index: int) -> tuple[int, int]:
+        if not 0 <= index < self.num_patches:
+            raise InputError(
+                f"patch index {index} is outside the {self.rows}x{self.cols} grid (0..{self.num_patches - 1}, or -1 for CLS)"
+            )
+        return divmod(index, self.cols)
+
+    def box(self, index: int) -> tuple[float, float, float, float]:
+        """The original-image pixel box (x0, y0, x1, y1) that patch `index` covers; x1, y1 exclusive."""
+        row, col = self.cell(index)
+        sx, sy = self.scale
+        p = self.patch_size
+        return col * p * sx, row * p * sy, (col + 1) * p * sx, (row + 1) * p * sy
+
+    def center(self, index: int) -> tuple[float, float]:
+        x0, y0, x1, y1 = self.box(index)
+        return (x0 + x1) / 2, (y0 + y1) / 2
+
+    def patch_at(self, x: float, y: float) -> int:
+        """The index of the patch covering original-image pixel (x, y)."""
+        cw, ch = self.covered
+        if not (0 <= x < cw and 0 <= y < ch):
+            w, h = self.image_size
+            where = "outside the image" if not (0 <= x < w and 0 <= y < h) else "in the uncovered right/bottom margin"
+            raise InputError(
+                f"pixel ({x:g}, {y:g}) is {where}; patches cover x in [0, {cw}) and y in [0, {ch}) of the {w}x{h} image"
+            )
+        sx, sy = self.scale
+        col = min(int(x / (self.patch_size * sx)), self.cols - 1)
+        row = min(int(y / (self.patch_size * sy)), self.rows - 1)
+        return row * self.cols + col
+
+    def _check_cell(self, row: int, col: int) -> None:
+        if not (0 <= row < self.rows and 0 <= col < self.cols):
+            raise InputError(
+                f"patch (row {row}, col {col}) is outside the {self.rows}x{self.cols} grid; rows 0..{self.rows - 1}, cols 0..{self.cols - 1}"
+            )
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Geometry":
+        d = json.loads(text)
+        return cls(d["patch_size"], d["rows"], d["cols"], tuple(d["image_size"]), tuple(d["input_size"]), d["resized"])

@@ -1,0 +1,139 @@
+"""Pure drawing: arrays in, RGB PIL images out. Nothing here reads or writes files.
+
+Maps are placed through the Geometry: each patch's value is painted on exactly the
+original pixels that patch covers, and the uncovered margin of a native-resolution
+image stays background.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .errors import InputError
+
+RED = (255, 0, 0)
+COLORMAPS = ("viridis", "magma", "inferno", "plasma", "turbo", "jet", "gray", "coolwarm", "RdBu_r")
+
+
+def as_numpy(values) -> np.ndarray:
+    if hasattr(values, "detach"):
+        values = values.detach().float().cpu().numpy()
+    return np.asarray(values)
+
+
+def colorize(values, cmap: str = "viridis", vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
+    """(H, W) values -> (H, W, 3) uint8 through a Matplotlib colormap; the range defaults to the data's."""
+    import matplotlib
+
+    try:
+        lut = matplotlib.colormaps[cmap]
+    except KeyError:
+        raise InputError(f"unknown colormap {cmap!r}; try one of {', '.join(COLORMAPS)}") from None
+    v = as_numpy(values).astype(np.float64)
+    lo = float(np.nanmin(v)) if vmin is None else vmin
+    hi = float(np.nanmax(v)) if vmax is None else vmax
+    scaled = np.zeros_like(v) if hi <= lo else np.clip((v - lo) / (hi - lo), 0, 1)
+    return (lut(scaled)[..., :3] * 255 + 0.5).astype(np.uint8)
+
+
+def gray(values01) -> np.ndarray:
+    """(H, W) values in [0, 1] -> (H, W) uint8."""
+    return (np.clip(as_numpy(values01), 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def rgb(values01) -> np.ndarray:
+    """(H, W, 3) values in [0, 1] -> uint8."""
+    return (np.clip(as_numpy(values01), 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def place(grid: np.ndarray, geometry, *, smooth: bool = False, background=0) -> Image.Image:
+    """Paint a per-patch array ((rows, cols) gray or (rows, cols, 3) RGB, uint8) at the original image size.
+
+    `smooth` interpolates between patch centres instead of painting flat squares.
+    """
+    grid = np.ascontiguousarray(grid)
+    mode = "L" if grid.ndim == 2 else "RGB"
+    if grid.shape[:2] != geometry.grid:
+        raise ValueError(f"map of shape {grid.shape[:2]} does not match the {geometry.grid} patch grid")
+    cw, ch = geometry.covered
+    small = Image.fromarray(grid, mode)
+    painted = small.resize((cw, ch), Image.Resampling.BILINEAR if smooth else Image.Resampling.NEAREST)
+    if (cw, ch) == geometry.image_size:
+        return painted
+    fill = background if mode == "L" else (background,) * 3 if isinstance(background, int) else background
+    canvas = Image.new(mode, geometry.image_size, fill)
+    canvas.paste(painted, (0, 0))
+    return canvas
+
+
+def overlay(image: Image.Image, heat: Image.Image, alpha: float = 0.5) -> Image.Image:
+    """Blend a map picture (same size as the photo) over the photo; alpha is the map's weight."""
+    if not 0 <= alpha <= 1:
+        raise InputError(f"opacity {alpha} must be between 0 and 1")
+    return Image.blend(image.convert("RGB"), heat.convert("RGB"), alpha)
+
+
+def _box(geometry, index: int) -> tuple[int, int, int, int]:
+    x0, y0, x1, y1 = geometry.box(index)
+    return round(x0), round(y0), round(x1) - 1, round(y1) - 1
+
+
+def outline_patch(image: Image.Image, geometry, index: int, color=RED, width: int = 2) -> Image.Image:
+    """A copy of `image` with patch `index` outlined; a CLS query (-1) has no patch, so nothing is drawn."""
+    out = image.convert("RGB").copy()
+    if index < 0:
+        return out
+    ImageDraw.Draw(out).rectangle(_box(geometry, index), outline=color, width=width)
+    return out
+
+
+def fill_patch(image: Image.Image, geometry, index: int, color=RED) -> Image.Image:
+    """A copy of `image` with patch `index` filled (the reference scripts' query marker); none for CLS."""
+    out = image.convert("RGB").copy()
+    if index < 0:
+        return out
+    ImageDraw.Draw(out).rectangle(_box(geometry, index), fill=color)
+    return out
+
+
+def side_by_side(images, gap: int = 0, background=(255, 255, 255)) -> Image.Image:
+    """Images placed left to right, top-aligned."""
+    images = [im.convert("RGB") for im in images]
+    width = sum(im.width for im in images) + gap * (len(images) - 1)
+    canvas = Image.new("RGB", (width, max(im.height for im in images)), background)
+    x = 0
+    for im in images:
+        canvas.paste(im, (x, 0))
+        x += im.width + gap
+    return canvas
+
+
+def select_pairs(matches, *, top_k: int = 0, max_lines: int | None = None, seed: int = 0) -> np.ndarray:
+    """Which pairs to draw: the `top_k` best by score if top_k > 0, else a seeded random sample of `max_lines`."""
+    n = len(matches)
+    if top_k and top_k > 0:
+        return matches.order()[:top_k]
+    if max_lines is not None and 0 < max_lines < n:
+        return np.sort(np.random.default_rng(seed).choice(n, size=max_lines, replace=False))
+    return np.arange(n)
+
+
+def draw_matches(image_a: Image.Image, image_b: Image.Image, matches, *, top_k: int = 0, max_lines: int | None = 800,
+                 seed: int = 0, cmap: str = "viridis", line_width: int = 1, gap: int = 0) -> Image.Image:
+    """Both images side by side with a line per drawn pair from patch centre to patch centre, coloured by score."""
+    canvas = side_by_side([image_a, image_b], gap=gap)
+    keep = select_pairs(matches, top_k=top_k, max_lines=max_lines, seed=seed)
+    if len(keep) == 0:
+        return canvas
+    pa, pb = matches.points()
+    scores = matches.scores[keep]
+    colors = colorize(scores[None, :], cmap, vmin=float(matches.scores.min()), vmax=float(matches.scores.max()))[0]
+    draw = ImageDraw.Draw(canvas)
+    offset = image_a.width + gap
+    for (xa, ya), (xb, yb), color in zip(pa[keep], pb[keep], colors):
+        draw.line([(xa, ya), (xb + offset, yb)], fill=tuple(int(c) for c in color), width=line_width)
+        r = max(1, line_width)
+        draw.ellipse([xa - r, ya - r, xa + r, ya + r], fill=tuple(int(c) for c in color))
+        draw.ellipse([xb + offset - r, yb - r, xb + offset + r, yb + r], fill=tuple(int(c) for c in color))
+    return canvas

@@ -1,0 +1,61 @@
+"""What each analysis looks like: Features (and the photo) in, finished RGB pictures out.
+
+The CLI, the reference-compatible scripts and the web explorer all draw through these,
+so a picture is the same wherever it is made. Nothing here touches files.
+"""
+
+from __future__ import annotations
+
+from PIL import Image
+
+from . import render
+from .analyses import PCABasis, match_patches, minmax, patch_norms, query_index, similarity_map
+
+
+def norms_view(features, image: Image.Image | None = None, *, cmap: str = "inferno", alpha: float = 0.0) -> Image.Image:
+    """Feature-norm map at the photo's size; with alpha > 0 it is blended over the photo."""
+    heat = render.place(render.colorize(minmax(patch_norms(features)), cmap, 0.0, 1.0), features.geometry)
+    return render.overlay(image, heat, alpha) if image is not None and alpha > 0 else heat
+
+
+def pca_view(features, basis: PCABasis | None = None, *, components=(0, 1, 2), foreground_only: bool = False,
+             cmap: str = "viridis", smooth: bool = False) -> Image.Image:
+    """Three components as RGB, or one component through a colormap."""
+    basis = basis or PCABasis.fit([features], max(3, max(components) + 1), foreground_only=foreground_only)
+    values = basis.transform(features, list(components))
+    if len(components) == 1:
+        return render.place(render.colorize(values[..., 0], cmap, 0.0, 1.0), features.geometry, smooth=smooth)
+    if len(components) != 3:
+        from .errors import InputError
+
+        raise InputError("give one PCA component (a single map) or three (red, green, blue)")
+    return render.place(render.rgb(values), features.geometry, smooth=smooth)
+
+
+def similarity_view(features, query, image: Image.Image | None = None, *, query_features=None, cmap: str = "turbo",
+                    alpha: float = 0.55, mark=True, query_image: Image.Image | None = None) -> Image.Image:
+    """Similarity map over the photo (full [-1, 1] range on a fixed scale), query patch outlined in red.
+
+    For a cross-image query, the query image with its outlined patch is placed on the left.
+    A CLS query has no patch and gets no box.
+    """
+    sims = similarity_map(features, query, query_features=query_features)
+    heat = render.place(render.colorize(sims, cmap, -1.0, 1.0), features.geometry)
+    picture = render.overlay(image, heat, alpha) if image is not None else heat
+    source = features if query_features is None else query_features
+    index = query_index(source, query)
+    if query_features is None:
+        return render.outline_patch(picture, features.geometry, index) if mark else picture
+    if query_image is None:
+        return picture
+    marked = render.outline_patch(query_image, source.geometry, index) if mark else query_image
+    return render.side_by_side([marked, picture], gap=8)
+
+
+def matches_view(features_a, features_b, image_a: Image.Image, image_b: Image.Image, *, method: str = "hungarian",
+                 top_k: int = 0, max_lines: int | None = 800, seed: int = 0, cmap: str = "viridis", matches=None):
+    """(picture, matches): both photos side by side with lines between matched patch centres, coloured by score."""
+    matches = matches or match_patches(features_a, features_b, method)
+    picture = render.draw_matches(image_a, image_b, matches, top_k=top_k, max_lines=max_lines, seed=seed, cmap=cmap,
+                                  gap=8)
+    return picture, matches
