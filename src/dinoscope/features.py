@@ -222,3 +222,45 @@ def _convnext_tokens(module, h, normed: bool):
             patches, pooled = norm(patches), norm(pooled)
     empty = torch.zeros(h.shape[0], 0, patches.shape[-1])
     return pooled.float().cpu(), empty, patches.float().cpu()
+
+
+class Extractor:
+    """A model plus extraction settings: call it on images to get (RGB image, Features).
+
+    The model is loaded on first use. This is the one place front ends get features from,
+    so every picture they draw for one image comes from one forward pass.
+    """
+
+    def __init__(self, model="facebook/dinov3-vitb16-pretrain-lvd1689m", *, device: str | None = "auto",
+                 dtype="float32", resolution: Resolution | None = None, layer: int = -1, normed: bool = True,
+                 max_pixels: int | None = None):
+        self.model_source = model
+        self.device = device
+        self.dtype = dtype
+        self.resolution = resolution or Resolution()
+        self.layer = layer
+        self.normed = normed
+        self.max_pixels = max_pixels
+        self._backbone = None if isinstance(model, (str, os.PathLike)) else model
+
+    @property
+    def backbone(self):
+        if self._backbone is None:
+            from .models import load_model
+
+            self._backbone = load_model(self.model_source, device=self.device, dtype=self.dtype)
+        return self._backbone
+
+    def load(self, source):
+        from .images import load_image
+
+        if self.max_pixels is None:
+            return load_image(source)
+        return load_image(source, max_pixels=self.max_pixels)
+
+    def __call__(self, source):
+        image = self.load(source)
+        self.backbone.layer_index(self.layer)  # bad layer: fail before the forward pass
+        features = extract_batch(self.backbone, [image], resolution=self.resolution, layers=[self.layer],
+                                 normed=self.normed)[0][0]
+        return image, features

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -199,6 +200,24 @@ def _load_transformers_folder(folder: Path, source: str, attention: str):
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"cannot read the config in {source}: {str(exc).splitlines()[0]}") from exc
     try:
-        return AutoModel.from_pretrained(folder, config=config, local_files_only=True, attn_implementation=attention)
+        with _quiet_transformers():
+            return AutoModel.from_pretrained(folder, config=config, local_files_only=True, attn_implementation=attention)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelError(f"cannot load the weights in {source}: {str(exc).splitlines()[0]}") from exc
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Silence transformers' loading progress bars and notices for the duration of a load."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    level = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()

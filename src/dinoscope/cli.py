@@ -1,0 +1,328 @@
+"""The `dinoscope` command line: each command parses, calls the library, saves.
+
+Torch and transformers are imported only inside commands, so --help and argument
+errors answer at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import DinoscopeError, InputError
+
+app = typer.Typer(
+    name="dinoscope",
+    help="See what a DINOv3 vision transformer sees: feature norms, PCA colours, similarity maps, patch matching.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# Options shared by every command, defined once.
+ImageArg = Annotated[Optional[str], typer.Argument(
+    help="Image path, http(s) URL or sample:NAME (chelsea, coffee, astronaut). Default: sample:chelsea.",
+    show_default=False)]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Hub id or local model folder.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32 or bfloat16 (float16 is not offered: DINOv3 overflows in it).")]
+ResolutionOpt = Annotated[str, typer.Option(
+    "--resolution", "-r", help="native (no resizing), short:N or long:N (side length, rounded to the patch size).")]
+MaxTokensOpt = Annotated[int, typer.Option(
+    "--max-tokens", help="Downscale inputs above this many patches (0 = no limit).")]
+MaxPixelsOpt = Annotated[int, typer.Option("--max-pixels", help="Refuse images with more pixels than this.")]
+LayerOpt = Annotated[int, typer.Option("--layer", help="Block to read (0-based; negative counts from the end).")]
+PrenormOpt = Annotated[bool, typer.Option("--prenorm", help="Use the block output before the final norm.")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
+CmapOpt = Annotated[str, typer.Option("--cmap", help="Matplotlib colormap name.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+
+DEFAULTS = dict(model="facebook/dinov3-vitb16-pretrain-lvd1689m", device="auto", dtype="float32",
+                resolution="native", max_tokens=16384, max_pixels=100_000_000, layer=-1, out=Path("dinoscope-out"))
+
+
+def _extractor(model, device, dtype, resolution, max_tokens, max_pixels, layer, prenorm):
+    from .features import Extractor
+    from .geometry import Resolution
+
+    policy = Resolution.parse(resolution, max_tokens=max_tokens or None)
+    return Extractor(model, device=device, dtype=dtype, resolution=policy, layer=layer, normed=not prenorm,
+                     max_pixels=max_pixels)
+
+
+def _stem(source: str | None) -> str:
+    from urllib.parse import urlparse
+
+    if source is None:
+        return "chelsea"
+    if source.startswith("sample:"):
+        return source[len("sample:"):]
+    name = Path(urlparse(source).path if "://" in source else source).stem
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._")
+    return safe or "image"
+
+
+def _save(picture, out: Path, name: str) -> Path:
+    from .files import save_image
+
+    path = save_image(picture, out / name)
+    typer.echo(f"wrote {path}")
+    return path
+
+
+def _pair(text: str, what: str, kind=int) -> tuple:
+    parts = text.replace(" ", "").split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        return kind(parts[0]), kind(parts[1])
+    except ValueError:
+        raise InputError(f"cannot read {what} {text!r}; write it as two numbers separated by a comma, e.g. 3,5") from None
+
+
+def _query(patch: Optional[int], cell: Optional[str], pixel: Optional[str], cls: bool):
+    from .analyses import CLS, Patch, Pixel
+
+    given = [q for q in (patch is not None, cell is not None, pixel is not None, cls) if q]
+    if len(given) > 1:
+        raise InputError("give only one of --patch, --cell, --pixel or --cls")
+    if cls:
+        return CLS
+    if cell is not None:
+        return Patch(*_pair(cell, "cell (row,col)"))
+    if pixel is not None:
+        return Pixel(*_pair(pixel, "pixel (x,y)", float))
+    if patch is not None:
+        return patch
+    return None
+
+
+@app.command()
+def norms(
+    image: ImageArg = None, model: ModelOpt = DEFAULTS["model"], device: DeviceOpt = "auto", dtype: DtypeOpt = "float32",
+    resolution: ResolutionOpt = "native", max_tokens: MaxTokensOpt = 16384, max_pixels: MaxPixelsOpt = 100_000_000,
+    layer: LayerOpt = -1, prenorm: PrenormOpt = False, out: OutOpt = DEFAULTS["out"], cmap: CmapOpt = "inferno",
+    alpha: Annotated[float, typer.Option(help="Blend the map over the photo with this opacity (0 = map only).")] = 0.0,
+    debug: DebugOpt = False,
+):
+    """Feature-norm map: the L2 norm of every patch token, min-max scaled."""
+    from .views import norms_view
+
+    img, feats = _extractor(model, device, dtype, resolution, max_tokens, max_pixels, layer, prenorm)(image or "sample:chelsea")
+    _save(norms_view(feats, img, cmap=cmap, alpha=alpha), out, f"{_stem(image)}_norms.png")
+
+
+@app.command()
+def pca(
+    image: ImageArg = None, model: ModelOpt = DEFAULTS["model"], device: DeviceOpt = "auto", dtype: DtypeOpt = "float32",
+    resolution: ResolutionOpt = "native", max_tokens: MaxTokensOpt = 16384, max_pixels: MaxPixelsOpt = 100_000_000,
+    layer: LayerOpt = -1, prenorm: PrenormOpt = False, out: OutOpt = DEFAULTS["out"], cmap: CmapOpt = "viridis",
+    components: Annotated[str, typer.Option(help="Three components for RGB (e.g. 1,2,3) or one for a single map.")] = "1,2,3",
+    foreground: Annotated[bool, typer.Option(help="Fit on foreground patches only; background drawn black.")] = False,
+    basis: Annotated[Optional[Path], typer.Option(help="Apply a saved PCA basis (same colours across images).")] = None,
+    save_basis: Annotated[Optional[Path], typer.Option(help="Save the fitted basis to this .safetensors file.")] = None,
+    smooth: Annotated[bool, typer.Option(help="Interpolate between patch centres.")] = False,
+    debug: DebugOpt = False,
+):
+    """PCA of the patch tokens as colours."""
+    from .analyses import PCABasis
+    from .views import pca_view
+
+    try:
+        picked = [int(c) - 1 for c in components.replace(" ", "").split(",") if c]
+    except ValueError:
+        raise InputError(f"cannot read components {components!r}; write 1-based numbers like 1,2,3 or 4") from None
+    if len(picked) not in (1, 3) or min(picked, default=0) < 0:
+        raise InputError(f"--components takes one or three 1-based numbers, got {components!r}")
+    fitted = PCABasis.load(basis) if basis is not None else None
+    img, feats = _extractor(model, device, dtype, resolution, max_tokens, max_pixels, layer, prenorm)(image or "sample:chelsea")
+    if fitted is None:
+        fitted = PCABasis.fit([feats], max(3, max(picked) + 1), foreground_only=foreground)
+    elif fitted.mean.shape[0] != feats.dim:
+        raise InputError(f"the basis in {basis} is for {fitted.mean.shape[0]}-dim features, this model gives {feats.dim}")
+    suffix = "pca" if len(picked) == 3 else f"pca{picked[0] + 1}"
+    _save(pca_view(feats, fitted, components=picked, cmap=cmap, smooth=smooth), out, f"{_stem(image)}_{suffix}.png")
+    if save_basis is not None:
+        fitted.save(save_basis)
+        typer.echo(f"wrote {save_basis}")
+
+
+@app.command()
+def similarity(
+    image: ImageArg = None, model: ModelOpt = DEFAULTS["model"], device: DeviceOpt = "auto", dtype: DtypeOpt = "float32",
+    resolution: ResolutionOpt = "native", max_tokens: MaxTokensOpt = 16384, max_pixels: MaxPixelsOpt = 100_000_000,
+    layer: LayerOpt = -1, prenorm: PrenormOpt = False, out: OutOpt = DEFAULTS["out"], cmap: CmapOpt = "turbo",
+    patch: Annotated[Optional[int], typer.Option(help="Query patch index (row-major; -1 = CLS token).")] = None,
+    cell: Annotated[Optional[str], typer.Option(help="Query patch as ROW,COL.")] = None,
+    pixel: Annotated[Optional[str], typer.Option(help="Query point as X,Y in original-image pixels.")] = None,
+    cls: Annotated[bool, typer.Option("--cls", help="Query with the CLS token.")] = False,
+    target: Annotated[Optional[str], typer.Option(help="Draw the map over this second image (cross-image similarity).")] = None,
+    alpha: Annotated[float, typer.Option(help="Opacity of the map over the photo.")] = 0.55,
+    debug: DebugOpt = False,
+):
+    """Cosine similarity between one query (a patch, a pixel or the CLS token) and every patch.
+
+    Without a query, the centre patch is used.
+    """
+    from .views import similarity_view
+
+    query = _query(patch, cell, pixel, cls)
+    extractor = _extractor(model, device, dtype, resolution, max_tokens, max_pixels, layer, prenorm)
+    img, feats = extractor(image or "sample:chelsea")
+    if query is None:
+        query = feats.geometry.index(feats.geometry.rows // 2, feats.geometry.cols // 2)
+    from .analyses import query_index
+
+    query_index(feats, query)  # out-of-range queries fail before any second forward pass
+    if target is None:
+        picture = similarity_view(feats, query, img, cmap=cmap, alpha=alpha)
+        name = f"{_stem(image)}_similarity.png"
+    else:
+        timg, tfeats = extractor(target)
+        picture = similarity_view(tfeats, query, timg, query_features=feats, query_image=img, cmap=cmap, alpha=alpha)
+        name = f"{_stem(image)}_to_{_stem(target)}_similarity.png"
+    _save(picture, out, name)
+
+
+def _write_pairs(matches, path: Path) -> None:
+    from .files import write_text
+
+    if path.suffix.lower() not in (".csv", ".json"):
+        raise InputError(f"cannot tell the format of {path}; name it .csv or .json")
+    write_text(matches.to_csv() if path.suffix.lower() == ".csv" else matches.to_json(), path)
+    typer.echo(f"wrote {path}")
+
+
+MethodOpt = Annotated[str, typer.Option(help="hungarian (exact one-to-one) or mnn (mutual nearest neighbours).")]
+TopKOpt = Annotated[int, typer.Option("--top-k", help="Draw only the K best pairs (0 = use --max-lines).")]
+MaxLinesOpt = Annotated[int, typer.Option("--max-lines", help="Draw at most this many pairs, sampled at random.")]
+SeedOpt = Annotated[int, typer.Option(help="Seed of the line sampling.")]
+PairsOpt = Annotated[Optional[Path], typer.Option(help="Also write the pairs to this .csv or .json file.")]
+
+
+@app.command()
+def match(
+    image_a: Annotated[str, typer.Argument(help="First image.")],
+    image_b: Annotated[str, typer.Argument(help="Second image.")],
+    model: ModelOpt = DEFAULTS["model"], device: DeviceOpt = "auto", dtype: DtypeOpt = "float32",
+    resolution: ResolutionOpt = "native", max_tokens: MaxTokensOpt = 16384, max_pixels: MaxPixelsOpt = 100_000_000,
+    layer: LayerOpt = -1, prenorm: PrenormOpt = False, out: OutOpt = DEFAULTS["out"], cmap: CmapOpt = "viridis",
+    method: MethodOpt = "hungarian", top_k: TopKOpt = 0, max_lines: MaxLinesOpt = 800, seed: SeedOpt = 0,
+    pairs: PairsOpt = None, debug: DebugOpt = False,
+):
+    """Patch matching between two images, drawn side by side."""
+    from .views import matches_view
+
+    if pairs is not None and pairs.suffix.lower() not in (".csv", ".json"):
+        raise InputError(f"cannot tell the format of {pairs}; name it .csv or .json")
+    extractor = _extractor(model, device, dtype, resolution, max_tokens, max_pixels, layer, prenorm)
+    img_a, fa = extractor(image_a)
+    img_b, fb = extractor(image_b)
+    picture, matches = matches_view(fa, fb, img_a, img_b, method=method, top_k=top_k, max_lines=max_lines, seed=seed,
+                                    cmap=cmap)
+    _save(picture, out, f"{_stem(image_a)}_{_stem(image_b)}_matches.png")
+    if pairs is not None:
+        _write_pairs(matches, pairs)
+
+
+@app.command(name="all")
+def run_all(
+    image: ImageArg = None,
+    match_with: Annotated[Optional[str], typer.Option("--match", help="Also match against this second image.")] = None,
+    model: ModelOpt = DEFAULTS["model"], device: DeviceOpt = "auto", dtype: DtypeOpt = "float32",
+    resolution: ResolutionOpt = "native", max_tokens: MaxTokensOpt = 16384, max_pixels: MaxPixelsOpt = 100_000_000,
+    layer: LayerOpt = -1, prenorm: PrenormOpt = False, out: OutOpt = DEFAULTS["out"],
+    method: MethodOpt = "hungarian", top_k: TopKOpt = 0, max_lines: MaxLinesOpt = 800, seed: SeedOpt = 0,
+    debug: DebugOpt = False,
+):
+    """Every analysis from one forward pass per image.
+
+    With no image, runs on the bundled sample photos and matches them pairwise.
+    """
+    from .analyses import CLS
+    from .views import matches_view, norms_view, pca_view, similarity_view
+
+    extractor = _extractor(model, device, dtype, resolution, max_tokens, max_pixels, layer, prenorm)
+    sources = [image] if image is not None else ["sample:chelsea", "sample:coffee", "sample:astronaut"]
+    seen = {}
+    for source in sources:
+        img, feats = extractor(source)
+        seen[source] = (img, feats)
+        stem, g = _stem(source), feats.geometry
+        centre = g.index(g.rows // 2, g.cols // 2)
+        _save(norms_view(feats, img), out, f"{stem}_norms.png")
+        _save(pca_view(feats), out, f"{stem}_pca.png")
+        _save(similarity_view(feats, centre, img), out, f"{stem}_similarity.png")
+        _save(similarity_view(feats, CLS, img), out, f"{stem}_similarity_cls.png")
+    pairs = [(image, match_with)] if match_with else list(zip(sources, sources[1:])) if image is None else []
+    for a, b in pairs:
+        if b not in seen:
+            seen[b] = extractor(b)
+        (img_a, fa), (img_b, fb) = seen[a], seen[b]
+        picture, _ = matches_view(fa, fb, img_a, img_b, method=method, top_k=top_k, max_lines=max_lines, seed=seed)
+        _save(picture, out, f"{_stem(a)}_{_stem(b)}_matches.png")
+    typer.echo(f"pictures are in {out.resolve()}")
+
+
+@app.command()
+def extract(
+    images: Annotated[list[str], typer.Argument(help="Images to extract (paths, URLs or sample:NAME).")],
+    model: ModelOpt = DEFAULTS["model"], device: DeviceOpt = "auto", dtype: DtypeOpt = "float32",
+    resolution: ResolutionOpt = "native", max_tokens: MaxTokensOpt = 16384, max_pixels: MaxPixelsOpt = 100_000_000,
+    layer: LayerOpt = -1, prenorm: PrenormOpt = False, out: OutOpt = DEFAULTS["out"], debug: DebugOpt = False,
+):
+    """Write each image's tokens to OUT/<name>.safetensors (keys cls, registers, patches; geometry in the metadata)."""
+    extractor = _extractor(model, device, dtype, resolution, max_tokens, max_pixels, layer, prenorm)
+    for source in images:
+        _, feats = extractor(source)
+        path = feats.save(out / f"{_stem(source)}.safetensors")
+        typer.echo(f"wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: one-line errors and exit code 2 for bad input; tracebacks only with --debug."""
+    import click
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("DINOSCOPE_DEBUG") == "1"
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("dinoscope: %(message)s"))
+    logger = logging.getLogger("dinoscope")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        typer.main.get_command(app).main(args=args, prog_name="dinoscope", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        print("dinoscope: interrupted", file=sys.stderr)
+        return 130
+    except click.ClickException as exc:
+        print(f"dinoscope: error: {exc.format_message()} (see dinoscope --help)", file=sys.stderr)
+        return exc.exit_code
+    except DinoscopeError as exc:
+        if debug:
+            raise
+        print(f"dinoscope: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dinoscope: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an unexpected failure still gets one line; --debug shows where it came from
+        if debug:
+            raise
+        print(f"dinoscope: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
