@@ -208,6 +208,8 @@ def _scale_to_l(image: Image.Image) -> Image.Image:
 
 
 def _composite_on_white(image: Image.Image) -> Image.Image:
+    if image.mode == "La":  # premultiplied; Pillow only un-premultiplies to LA
+        image = image.convert("LA")
     rgba = image if image.mode == "RGBA" else image.convert("RGBA")
     background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
     return Image.alpha_composite(background, rgba).convert("RGB")
