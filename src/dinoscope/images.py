@@ -181,30 +181,39 @@ def _formats() -> list[str]:
 
 
 def _scale_to_l(image: Image.Image) -> Image.Image:
-    """16-bit, 32-bit integer and float grey images -> 8-bit L, scaled rather than clipped."""
+    """16-bit, 32-bit integer and float grey images -> 8-bit L, scaled rather than clipped.
+
+    16-bit images map 0..65535 to 0..255. Integer ("I") and float ("F") images that
+    already lie in 0..255 keep their values, floats in [0, 1] are multiplied by 255,
+    "I" images in 0..65535 are treated as 16-bit, and anything else is stretched from
+    its minimum to its maximum. Works in place on one float32 copy to bound memory.
+    """
     mode = image.mode
-    arr = np.asarray(image)
     if mode.startswith("I;16"):
-        wide = arr.astype(np.uint32)
-        out = ((wide * 255 + 32767) // 65535).astype(np.uint8)
+        wide = np.asarray(image).astype(np.uint32)
+        wide *= 255
+        wide += 32767
+        wide //= 65535
+        return Image.fromarray(wide.astype(np.uint8))
+    values = np.array(image, dtype=np.float32)
+    if mode == "F":
+        np.nan_to_num(values, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    lo = float(values.min())
+    hi = float(values.max())
+    if mode == "F" and lo >= 0.0 and hi <= 1.0:
+        values *= 255.0
+    elif lo >= 0.0 and hi <= 255.0:
+        pass
+    elif mode == "I" and lo >= 0.0 and hi <= 65535.0:
+        values /= 257.0
+    elif hi > lo:
+        values -= lo
+        values *= 255.0 / (hi - lo)
     else:
-        values = arr.astype(np.float64)
-        if mode == "F":
-            values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
-        lo = float(values.min()) if values.size else 0.0
-        hi = float(values.max()) if values.size else 0.0
-        if mode == "F" and lo >= 0.0 and hi <= 1.0:
-            scaled = values * 255.0
-        elif lo >= 0.0 and hi <= 255.0:
-            scaled = values
-        elif mode == "I" and lo >= 0.0 and hi <= 65535.0:
-            scaled = values / 257.0
-        elif hi > lo:
-            scaled = (values - lo) * (255.0 / (hi - lo))
-        else:
-            scaled = np.zeros_like(values)
-        out = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-    return Image.fromarray(np.ascontiguousarray(out))
+        values[...] = 0.0
+    np.clip(values, 0.0, 255.0, out=values)
+    np.rint(values, out=values)
+    return Image.fromarray(values.astype(np.uint8))
 
 
 def _composite_on_white(image: Image.Image) -> Image.Image:
