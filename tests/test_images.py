@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 
 try:
     import dinoscope.images  # noqa: F401
@@ -402,6 +402,12 @@ def test_exif_orientation(tmp_path, orientation):
     for name, xy in centres.items():
         expected = (255, 0, 0) if name == corner else (0, 0, 255)
         assert close(out.getpixel(xy), expected, 40), (orientation, name, out.getpixel(xy))
+    # Same pixels as Pillow's own ImageOps.exif_transpose, and the tag is used up.
+    with Image.open(path) as raw:
+        assert out.tobytes() == ImageOps.exif_transpose(raw).convert("RGB").tobytes()
+    assert out.getexif().get(0x0112) is None
+    again = load_image(encode(out, "PNG"))
+    assert again.size == out.size
 
 
 def test_exif_orientation_on_png_and_pil_input():
