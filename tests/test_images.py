@@ -619,6 +619,8 @@ def test_fifo_is_not_read(tmp_path):
         (b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n", "PDF"),
         (bytes(range(256)) * 4, "not an image"),
         (b"\x89PNG\r\n\x1a\n", None),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "starts like a PNG"),
+        (b"caf\xc3\xa9 au lait, " * 60, "text file"),
         (b"\xff\xd8\xff", None),
         (b"GIF89a", None),
         (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", None),
@@ -639,7 +641,15 @@ def test_messages_are_one_line_even_for_odd_paths(tmp_path):
 
 
 def test_path_with_nul_byte():
-    refused("bad\x00name.jpg")
+    message = refused("bad\x00name.jpg", "not a valid file path")
+    assert "\x00" not in message
+    refused("~\x00name.jpg", "not a valid file path")
+
+
+def test_image_digest_of_damaged_pil_image(photo):
+    data = encode(photo, "PNG")
+    with pytest.raises(InputError):
+        image_digest(Image.open(io.BytesIO(data[: len(data) // 2])))
 
 
 # ---------------------------------------------------------------------------

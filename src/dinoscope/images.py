@@ -13,6 +13,7 @@ so it is cheap to import (no torch).
 from __future__ import annotations
 
 import base64
+import codecs
 import contextlib
 import errno
 import hashlib
@@ -87,8 +88,8 @@ _LABEL_MAX = 200
 
 
 def _one_line(text: str) -> str:
-    """Collapse line breaks so a message or label never spans lines."""
-    return re.sub(r"[\r\n\t\v\f\x0b\x0c\x1c-\x1e\x85\u2028\u2029]+", " ", text)
+    """Replace line breaks and other control characters so a message never spans lines."""
+    return re.sub(r"[\x00-\x1f\x7f\x85\u2028\u2029]+", " ", text)
 
 
 def _label(text: str) -> str:
@@ -150,6 +151,18 @@ def _bomb_error(label: str, exc: BaseException, max_pixels: int | None) -> Input
     )
 
 
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"RIFF", "WebP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+)
+
+
 def _sniff(head: bytes) -> str:
     """Describe non-image content from its first bytes, for the error message."""
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
@@ -163,12 +176,15 @@ def _sniff(head: bytes) -> str:
         return "an XML text file, not an image; give a JPEG, PNG, WebP, GIF, TIFF or BMP file"
     if text.startswith(b"%pdf"):
         return "a PDF document, not an image; export the page as PNG first"
+    for magic, name in _MAGIC:
+        if head.startswith(magic) and (name != "WebP" or head[8:12] == b"WEBP"):
+            return f"damaged: it starts like a {name} file but its header cannot be read; re-download or re-export it"
     if head:
         try:
-            decoded = head.decode("utf-8")
+            decoded = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
         except UnicodeDecodeError:
             decoded = None
-        if decoded is not None and all(ch.isprintable() or ch in "\r\n\t" for ch in decoded):
+        if decoded and all(ch.isprintable() or ch in "\r\n\t" for ch in decoded):
             return "a text file, not an image; give a JPEG, PNG, WebP, GIF, TIFF or BMP file"
     return "not an image format that can be read; give a JPEG, PNG, WebP, GIF, TIFF or BMP file"
 
@@ -341,7 +357,7 @@ def _load_path(raw: str | os.PathLike, max_pixels: int | None) -> Image.Image:
     if not text.strip():
         raise _error("the image path is empty; give the path of an image file")
     path = Path(text)
-    if text.startswith("~") and not path.exists():
+    if text.startswith("~") and "\x00" not in text and not os.path.lexists(path):
         path = path.expanduser()
     label = _label(text)
     try:
@@ -539,11 +555,15 @@ def image_digest(image: Image.Image) -> str:
     """
     if not isinstance(image, Image.Image):
         raise _error(f"image_digest needs a PIL image, not a {type(image).__name__}; load it with load_image first")
-    rgb = image if image.mode == "RGB" else _to_rgb(image)
+    try:
+        rgb = image if image.mode == "RGB" else _to_rgb(image)
+        pixels = rgb.tobytes()
+    except Exception as exc:
+        raise _error(f"cannot read the pixels of the image ({_brief(exc)}); load it with load_image first") from exc
     width, height = rgb.size
     digest = hashlib.sha256()
     digest.update(f"dinoscope-rgb-v1:{width}x{height}:".encode("ascii"))
-    digest.update(rgb.tobytes())
+    digest.update(pixels)
     return digest.hexdigest()
 
 
