@@ -117,7 +117,7 @@ class Handler(BaseHTTPRequestHandler):
         elif path == "/no-location":
             self._send(302, b"", "text/html")
         elif path == "/slow":
-            STOP.wait(3.0)
+            STOP.wait(6.0)
             self._send(200, PNG, "image/png")
         elif path == "/slow-body":
             self.send_response(200)
@@ -126,7 +126,7 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(PNG[:10])
             self.wfile.flush()
-            STOP.wait(3.0)
+            STOP.wait(6.0)
         elif path == "/endless":
             self._stream(b"\x00" * 65536, 0.0)
         elif path == "/trickle":
@@ -295,38 +295,38 @@ def test_slow_server_times_out(server):
     start = time.monotonic()
     message = refused(server + "/slow", "timeout", timeout=1)
     assert "1 s" in message
-    assert time.monotonic() - start < 2.5
+    assert time.monotonic() - start < 4  # the server answers only after 6 s
 
 
 def test_stalled_body_times_out(server):
     start = time.monotonic()
     refused(server + "/slow-body", "timeout", timeout=1)
-    assert time.monotonic() - start < 2.5
+    assert time.monotonic() - start < 4
 
 
 def test_endless_body_hits_size_limit(server):
     start = time.monotonic()
     refused(server + "/endless", "limit of 1,000,000 bytes", timeout=1, max_bytes=1_000_000)
-    assert time.monotonic() - start < 3
+    assert time.monotonic() - start < 4
 
 
 def test_trickling_body_hits_deadline(server):
     start = time.monotonic()
     refused(server + "/trickle", "longer than", timeout=1, deadline=1.0)
-    assert time.monotonic() - start < 2.5
+    assert time.monotonic() - start < 4
 
 
 def test_default_deadline_is_three_timeouts(server):
     start = time.monotonic()
     refused(server + "/trickle", "longer than 1.5 s", timeout=0.5)
-    assert time.monotonic() - start < 3
+    assert time.monotonic() - start < 4
 
 
 def test_content_length_over_limit(server):
     start = time.monotonic()
     message = refused(server + "/big", "3,000,000 bytes", timeout=1, max_bytes=1_000_000)
     assert "1,000,000" in message
-    assert time.monotonic() - start < 1
+    assert time.monotonic() - start < 2
     refused(server + "/huge-declared", "limit", timeout=1)
 
 

@@ -459,7 +459,7 @@ def test_gif_with_500_frames_is_quick(tmp_path):
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=10)
     start = time.perf_counter()
     out = load_image(path)
-    assert time.perf_counter() - start < 1.0
+    assert time.perf_counter() - start < 2.0  # about 5 ms: later frames are never read
     assert out.getpixel((0, 0)) == (0, 255, 0)
 
 
@@ -476,7 +476,7 @@ def test_huge_declared_png_refused_fast(tmp_path):
     assert path.stat().st_size < 200
     start = time.perf_counter()
     message = refused(path, "--max-pixels")
-    assert time.perf_counter() - start < 0.5
+    assert time.perf_counter() - start < 1.0  # decoding 1.6 G pixels would take minutes and 6 GB
     assert "bomb.png" in message
     assert "1,600,000,000" in message or "40000x40000" in message
 
@@ -488,7 +488,7 @@ def test_declared_size_over_our_limit_below_pillows(tmp_path):
     start = time.perf_counter()
     message = refused(crafted_png(11000, 10000), "11000x10000")
     assert "--max-pixels" in message and "100,000,000" in message
-    assert time.perf_counter() - start < 0.5
+    assert time.perf_counter() - start < 1.0
 
 
 def test_pillow_bomb_warning_as_error_is_input_error():

@@ -215,7 +215,10 @@ def _scale_to_l(image: Image.Image) -> Image.Image:
         return Image.fromarray(wide.astype(np.uint8))
     values = np.array(image, dtype=np.float32)
     if mode == "F":
-        np.nan_to_num(values, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        finite = np.isfinite(values)
+        if not finite.all():
+            values[~finite] = 0.0
+        del finite
     lo = float(values.min())
     hi = float(values.max())
     if mode == "F" and lo >= 0.0 and hi <= 1.0:
@@ -250,7 +253,9 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I", "F") or image.mode.startswith("I;16"):
         image = _scale_to_l(image)
     mode = image.mode
-    if mode in ("RGBA", "LA", "La", "PA", "RGBa", "P") or "transparency" in image.info:
+    if mode in ("RGBA", "LA", "La", "PA", "RGBa") or "transparency" in image.info:
+        return _composite_on_white(image)
+    if mode == "P" and getattr(image.palette, "mode", "RGB") != "RGB":  # e.g. an RGBA palette
         return _composite_on_white(image)
     if mode == "RGB":
         return image
