@@ -269,6 +269,15 @@ def test_palette_without_transparency(tmp_path):
     assert out.getpixel((0, 0)) == (10, 200, 30)
 
 
+def test_palette_with_rgba_palette():
+    image = Image.new("P", (4, 4), 0)
+    image.putpalette([255, 0, 0, 0, 0, 255, 0, 255], rawmode="RGBA")
+    image.putpixel((1, 1), 1)
+    out = load_image(image)
+    assert out.getpixel((0, 0)) == (255, 255, 255)
+    assert out.getpixel((1, 1)) == (0, 255, 0)
+
+
 def test_grey_l_and_la(tmp_path):
     grey = Image.new("L", (5, 3), 77)
     assert load_image(write(tmp_path, "l.png", encode(grey, "PNG"))).getpixel((0, 0)) == (77, 77, 77)
