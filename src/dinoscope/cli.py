@@ -287,8 +287,6 @@ def extract(
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one-line errors and exit code 2 for bad input; tracebacks only with --debug."""
-    import click
-
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("DINOSCOPE_DEBUG") == "1"
     handler = logging.StreamHandler(sys.stderr)
@@ -299,14 +297,6 @@ def main(argv: list[str] | None = None) -> int:
     logger.propagate = False
     try:
         typer.main.get_command(app).main(args=args, prog_name="dinoscope", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.exceptions.Abort:
-        print("dinoscope: interrupted", file=sys.stderr)
-        return 130
-    except click.ClickException as exc:
-        print(f"dinoscope: error: {exc.format_message()} (see dinoscope --help)", file=sys.stderr)
-        return exc.exit_code
     except DinoscopeError as exc:
         if debug:
             raise
@@ -315,11 +305,25 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dinoscope: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # an unexpected failure still gets one line; --debug shows where it came from
+    except Exception as exc:
+        # typer vendors click in recent releases, so its exceptions are recognised by shape, not class
+        name = type(exc).__name__
+        if name == "Exit":
+            return getattr(exc, "exit_code", 0)
+        if name == "Abort":
+            print("dinoscope: interrupted", file=sys.stderr)
+            return 130
+        if name == "NoArgsIsHelpError":
+            typer.main.get_command(app).main(args=["--help"], prog_name="dinoscope", standalone_mode=False)
+            return 0
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+            known = typer.main.get_command(app).commands if hasattr(typer.main.get_command(app), "commands") else {}
+            hint = f"dinoscope {args[0]} --help" if args and args[0] in known else "dinoscope --help"
+            print(f"dinoscope: error: {exc.format_message()} (see {hint})", file=sys.stderr)
+            return exc.exit_code
         if debug:
             raise
-        print(f"dinoscope: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
-              file=sys.stderr)
+        print(f"dinoscope: internal error: {name}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
         return 1
     return 0
 

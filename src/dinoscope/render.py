@@ -126,6 +126,7 @@ def draw_matches(image_a: Image.Image, image_b: Image.Image, matches, *, top_k: 
     keep = select_pairs(matches, top_k=top_k, max_lines=max_lines, seed=seed)
     if len(keep) == 0:
         return canvas
+    keep = keep[np.argsort(matches.scores[keep], kind="stable")]  # best pairs drawn last, on top
     pa, pb = matches.points()
     scores = matches.scores[keep]
     colors = colorize(scores[None, :], cmap, vmin=float(matches.scores.min()), vmax=float(matches.scores.max()))[0]
