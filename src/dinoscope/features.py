@@ -361,3 +361,18 @@ class Extractor:
         features = extract_batch(self.backbone, [image], resolution=self.resolution, layers=[self.layer],
                                  normed=self.normed)[0][0]
         return image, features
+
+    def layers(self, source, layers: Sequence[int]):
+        """(RGB image, [Features per layer]) from one forward pass."""
+        image = self.load(source)
+        for layer in layers:
+            self.backbone.layer_index(layer)
+        return image, extract_batch(self.backbone, [image], resolution=self.resolution, layers=list(layers),
+                                    normed=self.normed)[0]
+
+    def attention(self, source, query=-1):
+        """(RGB image, Attention) of `query` (CLS by default) in this extractor's layer."""
+        image = self.load(source)
+        return image, extract_attention(self.backbone, image, layer=self.layer, query=query,
+                                        resolution=self.resolution)
+
