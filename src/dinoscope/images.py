@@ -643,6 +643,7 @@ def _read_body(response, label: str, timeout: float, max_bytes: int, started: fl
                 raise _error(f"the URL returned a web page ({content_type}), not an image; give the direct image URL ({label})")
             raise _error(f"the URL returned {content_type}, not an image; give the direct image URL ({label})")
     length = headers.get("Content-Length") if headers is not None else None
+    declared = None
     if length is not None:
         try:
             declared = int(length.strip())
@@ -673,4 +674,8 @@ def _read_body(response, label: str, timeout: float, max_bytes: int, started: fl
         if _is_timeout(exc):
             raise _error(f"could not download {label}: no data within the timeout of {timeout:g} s; try again later or download the file and pass its path") from exc
         raise _error(f"could not download {label}: the connection broke ({_brief(exc)}); try again") from exc
+    if declared is not None and len(body) < declared:
+        raise _error(
+            f"could not download {label}: the connection broke after {len(body):,} of {declared:,} bytes; try again"
+        )
     return bytes(body)
