@@ -114,7 +114,9 @@ def load_model(source: str | os.PathLike = DEFAULT_MODEL, *, device: str | None 
     elif path.is_file():
         if check_memory:
             _check_memory(_count_file(path), dtype_name, dev, text)
-        module, revision = _load_file(path, text, attention), _fingerprint_file(path)
+        module, revision = _load_file(path, torch_dtype), _fingerprint_file(path)
+        if attention != "sdpa" and "convnext" not in str(module.config.model_type):
+            module.set_attn_implementation(attention)
         folder = None
     elif (spec := lookup(text)) is not None:
         if check_memory:
@@ -218,15 +220,12 @@ def _fingerprint_file(path: Path) -> str:
     return "file-" + hashlib.sha256(f"{path.name}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
 
 
-def _load_file(path: Path, source: str, attention: str):
-    """A single weights file: an official checkpoint (.pth/.pt/.safetensors) or a transformers .safetensors."""
-    suffix = path.suffix.lower()
-    if suffix not in (".pth", ".pt", ".safetensors"):
-        raise ModelError(f"{source} is not a .pth or .safetensors checkpoint; pass a checkpoint file, a "
-                         f"save_pretrained folder, a hub id or a short name (`dinoscope models`)")
+def _load_file(path: Path, torch_dtype):
+    """A single weights file: an official DINOv3 checkpoint (.pth or .safetensors, architecture inferred from
+    the tensors), or a transformers-layout state dict with its config.json beside it."""
     from . import official
 
-    return official.load_official_model(path, attn_implementation=attention)
+    return official.load_official_model(path, dtype=torch_dtype)
 
 
 def describe(module, *, source: str, revision: str, folder: Path | None = None) -> Backbone:
@@ -318,8 +317,10 @@ def _load_transformers_folder(folder: Path, source: str, attention: str):
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"cannot read the config in {source}: {str(exc).splitlines()[0]}") from exc
     try:
+        # ConvNeXt has no attention, and transformers refuses an attention implementation for it
+        extra = {} if "convnext" in str(config.model_type) else {"attn_implementation": attention}
         with _quiet_transformers():
-            return AutoModel.from_pretrained(folder, config=config, local_files_only=True, attn_implementation=attention)
+            return AutoModel.from_pretrained(folder, config=config, local_files_only=True, **extra)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelError(f"cannot load the weights in {source}: {str(exc).splitlines()[0]}") from exc
 
