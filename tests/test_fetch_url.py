@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import socket
 import sys
@@ -146,16 +147,30 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(PNG)
             self.wfile.flush()
             self.close_connection = True
+        elif path == "/private.png":
+            expected = "Basic " + base64.b64encode(b"user:p@ss word").decode()
+            if self.headers.get("Authorization") == expected:
+                self._send(200, PNG, "image/png")
+            else:
+                self._send(401, b"", "text/plain", {"WWW-Authenticate": 'Basic realm="x"'})
         elif path == "/space name.png":
             self._send(200, PNG, "image/png")
         else:
             self._send(404, b"", "text/plain")
 
 
+class QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):  # clients hanging up early is the point of some tests
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
+
 @pytest.fixture(scope="module")
 def server():
     STOP.clear()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd = QuietServer(("127.0.0.1", 0), Handler)
     httpd.daemon_threads = True
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
@@ -211,6 +226,13 @@ def test_relative_redirect(server):
 
 def test_url_with_space_is_quoted(server):
     assert fetch_url(server + "/space name.png", timeout=1) == PNG
+
+
+def test_credentials_in_url_sent_as_basic_auth_and_hidden(server):
+    host = server.split("//", 1)[1]
+    assert fetch_url(f"http://user:p%40ss%20word@{host}/private.png", timeout=1) == PNG
+    message = refused(f"http://user:wrong@{host}/private.png", "HTTP 401", timeout=1)
+    assert "wrong" not in message and "user" not in message
 
 
 def test_load_image_end_to_end(server):

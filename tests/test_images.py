@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 
 try:
     import dinoscope.images  # noqa: F401
@@ -402,6 +402,12 @@ def test_exif_orientation(tmp_path, orientation):
     for name, xy in centres.items():
         expected = (255, 0, 0) if name == corner else (0, 0, 255)
         assert close(out.getpixel(xy), expected, 40), (orientation, name, out.getpixel(xy))
+    # Same pixels as Pillow's own ImageOps.exif_transpose, and the tag is used up.
+    with Image.open(path) as raw:
+        assert out.tobytes() == ImageOps.exif_transpose(raw).convert("RGB").tobytes()
+    assert out.getexif().get(0x0112) is None
+    again = load_image(encode(out, "PNG"))
+    assert again.size == out.size
 
 
 def test_exif_orientation_on_png_and_pil_input():
@@ -613,6 +619,8 @@ def test_fifo_is_not_read(tmp_path):
         (b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n", "PDF"),
         (bytes(range(256)) * 4, "not an image"),
         (b"\x89PNG\r\n\x1a\n", None),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "starts like a PNG"),
+        (b"caf\xc3\xa9 au lait, " * 60, "text file"),
         (b"\xff\xd8\xff", None),
         (b"GIF89a", None),
         (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", None),
@@ -633,7 +641,15 @@ def test_messages_are_one_line_even_for_odd_paths(tmp_path):
 
 
 def test_path_with_nul_byte():
-    refused("bad\x00name.jpg")
+    message = refused("bad\x00name.jpg", "not a valid file path")
+    assert "\x00" not in message
+    refused("~\x00name.jpg", "not a valid file path")
+
+
+def test_image_digest_of_damaged_pil_image(photo):
+    data = encode(photo, "PNG")
+    with pytest.raises(InputError):
+        image_digest(Image.open(io.BytesIO(data[: len(data) // 2])))
 
 
 # ---------------------------------------------------------------------------

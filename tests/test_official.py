@@ -302,11 +302,13 @@ def test_renamed_files_load_from_their_tensors(tmp_path):
     a = tmp_path / "dinov3_vit7b16_pretrain_lvd1689m-a955f4ea.pth"
     b = tmp_path / "dinov3_vitl16.safetensors"
     c = tmp_path / "weights.bin"
+    d = tmp_path / "legacy.safetensors"
     st.rename(a)
     pth.rename(b)
     torch.save({"teacher": {f"backbone.{k}": v for k, v in official.items()}}, c)
+    torch.save(official, d, _use_new_zipfile_serialization=False)  # old pickle format under a misleading name
     ref = features(model, 48, 80)
-    for path in (a, b, c):
+    for path in (a, b, c, d):
         loaded = O.load_official_model(path)
         assert loaded.config.hidden_size == 96 and loaded.config.num_attention_heads == 3
         assert max_diff(features(loaded, 48, 80), ref) <= 1e-5

@@ -72,8 +72,12 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     if size == 0:
         raise ModelError(f"{p} is empty; download or export the checkpoint again")
 
-    if _looks_like_safetensors(head, size) or (p.suffix == ".safetensors" and not head.startswith(b"PK")):
+    if _looks_like_safetensors(head, size):
         raw = _read_safetensors(p)
+    elif head.startswith((b"PK", b"\x80")):  # torch.save zip archive, or a legacy pickle
+        raw = _read_torch(p)
+    elif p.suffix.lower() == ".safetensors":
+        raw = _read_safetensors(p)  # damaged: let the safetensors reader say what is wrong
     else:
         raw = _read_torch(p)
     return _unwrap(raw, p.name)
@@ -116,7 +120,7 @@ def _read_torch(p: Path) -> Any:
         raise ModelError(
             f"{p.name} is not a readable PyTorch checkpoint ({_first_line(exc)}); download or export it again"
         ) from exc
-    except (RuntimeError, EOFError, ValueError, OSError, AttributeError, KeyError, IndexError, TypeError) as exc:
+    except Exception as exc:  # damaged archives fail in many ways (RuntimeError, EOFError, struct.error, ...)
         raise ModelError(
             f"{p.name} is not a readable PyTorch checkpoint ({_first_line(exc)}); download or export it again"
         ) from exc
@@ -133,10 +137,8 @@ def _unwrap(obj: Any, name: str) -> dict[str, torch.Tensor]:
     for _ in range(6):
         if not isinstance(obj, Mapping):
             break
-        if obj and any(isinstance(v, torch.Tensor) for v in obj.values()):
-            break
         inner = next((obj[k] for k in _CONTAINER_KEYS if isinstance(obj.get(k), Mapping)), None)
-        if inner is None:
+        if inner is None and not any(isinstance(v, torch.Tensor) for v in obj.values()):
             mappings = [v for v in obj.values() if isinstance(v, Mapping)]
             inner = mappings[0] if len(mappings) == 1 else None
         if inner is None:
@@ -247,7 +249,6 @@ class _VitArch:
     def __init__(self) -> None:
         self.layerscale = False
         self.has_qkv_bias = False
-        self.has_bias_mask = False
 
 
 def _block_indices(sd: Mapping[str, torch.Tensor], rx: re.Pattern) -> list[int]:
@@ -309,7 +310,6 @@ def _analyse_vit(official_sd: Mapping[str, torch.Tensor], layer_norm_eps: float)
     arch = _VitArch()
     arch.layerscale = any(f"blocks.{i}.ls1.gamma" in keys or f"blocks.{i}.ls2.gamma" in keys for i in blocks)
     arch.has_qkv_bias = any(f"blocks.{i}.attn.qkv.bias" in keys for i in blocks)
-    arch.has_bias_mask = any(f"blocks.{i}.attn.qkv.bias_mask" in keys for i in blocks)
     gated = any(f"blocks.{i}.mlp.w1.weight" in keys for i in blocks)
     plain = any(f"blocks.{i}.mlp.fc1.weight" in keys for i in blocks)
     if gated and plain:
@@ -549,8 +549,7 @@ def transformers_to_official(model_or_state_dict, config=None, *, layerscale: bo
     else:
         raise ModelError(f"expected a transformers model or a state dict, got {type(model_or_state_dict).__name__}")
     layout = detect_layout(sd)
-    model_type = str(getattr(config, "model_type", "") or "").lower()
-    if layout == "transformers-convnext" or "convnext" in model_type:
+    if layout == "transformers-convnext":
         return _convnext_transformers_to_official(sd, layerscale)
     if layout != "transformers-vit":
         raise ModelError(f"this state dict is in the {layout} layout, not a transformers one; nothing to export")
@@ -562,6 +561,9 @@ def transformers_to_official(model_or_state_dict, config=None, *, layerscale: bo
     hidden = int(config.hidden_size)
     heads = int(config.num_attention_heads)
     head_dim = hidden // heads
+    if hidden % heads or head_dim % 4:
+        raise ModelError(f"the config's width {hidden} and {heads} heads give head_dim {hidden / heads:g}, which is "
+                         f"not a multiple of 4 as DINOv3 RoPE needs; check the config")
     depth = int(config.num_hidden_layers)
     out: dict[str, torch.Tensor] = {}
 
@@ -868,7 +870,8 @@ def build_model(config, state_dict: Mapping[str, torch.Tensor], *,
     """Instantiate ``DINOv3ViTModel``/``DINOv3ConvNextModel`` for ``config`` and load ``state_dict`` strictly.
 
     The model is built on the meta device and the tensors are assigned, so no random initialisation
-    runs and the weights are not held twice.
+    runs and the weights are not held twice (the model's parameters may share memory with
+    ``state_dict``).
     """
     sd = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v) for k, v in state_dict.items()}
     model = _meta_model(config)
