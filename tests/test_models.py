@@ -432,6 +432,19 @@ def test_gated_access_names_the_licence_page_and_login(monkeypatch, status):
         assert "hf auth login" in text and "checkpoint file" in text
 
 
+def test_unknown_hub_repo_lists_the_closest(monkeypatch):
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    from dinoscope.errors import ModelError
+    from dinoscope.models import load_model
+
+    _raise_from_hub(monkeypatch, _http_error(RepositoryNotFoundError, 404))
+    with pytest.raises(ModelError) as exc:
+        load_model("facebook/dinov3-vitb16-pretrain", device="cpu")
+    text = _one_line(exc)
+    assert "was not found" in text and "facebook/dinov3-vitb16-pretrain-lvd1689m" in text
+
+
 def test_offline_with_nothing_cached_names_the_alternatives(offline_hub):
     from dinoscope.errors import ModelError
     from dinoscope.models import load_model

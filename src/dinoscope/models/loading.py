@@ -271,6 +271,8 @@ def _download(repo_id: str) -> tuple[Path, str]:
     from huggingface_hub import snapshot_download
     from huggingface_hub import errors as hf_errors
 
+    from .registry import closest
+
     page = f"https://huggingface.co/{repo_id}"
     alternatives = "or pass --model a local folder (save_pretrained layout) or an official checkpoint file"
     try:
@@ -286,7 +288,7 @@ def _download(repo_id: str) -> tuple[Path, str]:
     except hf_errors.RepositoryNotFoundError as exc:
         raise ModelError(
             f"{repo_id} was not found on the Hugging Face hub, or your token may not read it: check the name "
-            f"(`dinoscope models` lists known ones), log in with `hf auth login` if it is private; {alternatives}"
+            f"(closest known: {', '.join(closest(repo_id))}; `dinoscope models` lists all), log in with `hf auth login` if it is private; {alternatives}"
         ) from exc
     except hf_errors.LocalEntryNotFoundError as exc:
         raise ModelError(
