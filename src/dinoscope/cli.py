@@ -29,7 +29,8 @@ app = typer.Typer(
 ImageArg = Annotated[Optional[str], typer.Argument(
     help="Image path, http(s) URL or sample:NAME (chelsea, coffee, astronaut). Default: sample:chelsea.",
     show_default=False)]
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Hub id or local model folder.")]
+ModelOpt = Annotated[str, typer.Option(
+    "--model", "-m", help="Short name (see `dinoscope models`), hub id, save_pretrained folder, or .pth/.safetensors checkpoint.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32 or bfloat16 (float16 is not offered: DINOv3 overflows in it).")]
 ResolutionOpt = Annotated[str, typer.Option(
@@ -283,6 +284,78 @@ def extract(
         _, feats = extractor(source)
         path = feats.save(out / f"{_stem(source)}.safetensors")
         typer.echo(f"wrote {path}")
+
+
+@app.command()
+def models():
+    """Known models: short names, patch size, width, parameters and the memory each needs."""
+    from .models.registry import HEADROOM, table
+
+    typer.echo(table())
+    typer.echo(f"\nMemory columns: weights x {HEADROOM} headroom. Pass a short name, a hub id, a save_pretrained folder "
+               "or an official .pth/.safetensors checkpoint to --model.")
+
+
+def _layer_list(text: str) -> list[int]:
+    try:
+        picked = [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise InputError(f"cannot read layers {text!r}; write block indices separated by commas, e.g. 3,6,9,-1") from None
+    if not picked:
+        raise InputError("give at least one layer, e.g. --layers 3,6,9,-1")
+    return picked
+
+
+@app.command()
+def layers(
+    image: ImageArg = None, model: ModelOpt = DEFAULTS["model"], device: DeviceOpt = "auto", dtype: DtypeOpt = "float32",
+    resolution: ResolutionOpt = "native", max_tokens: MaxTokensOpt = 16384, max_pixels: MaxPixelsOpt = 100_000_000,
+    layer_list: Annotated[str, typer.Option("--layers", help="Blocks to compare, e.g. 3,6,9,-1 (negative from the end).")] = "0,-1",
+    prenorm: PrenormOpt = False, out: OutOpt = DEFAULTS["out"], cmap: CmapOpt = "inferno",
+    show: Annotated[str, typer.Option("--show", help="pca (colours fitted per layer) or norms.")] = "pca",
+    debug: DebugOpt = False,
+):
+    """Several layers side by side in one picture, from one forward pass."""
+    from .views import layers_view
+
+    if show not in ("pca", "norms"):
+        raise InputError(f"unknown --show {show!r}; use pca or norms")
+    picked = _layer_list(layer_list)
+    extractor = _extractor(model, device, dtype, resolution, max_tokens, max_pixels, -1, prenorm)
+    img, feats = extractor.layers(image or "sample:chelsea", picked)
+    _save(layers_view(feats, img, kind=show, cmap=cmap), out, f"{_stem(image)}_layers_{show}.png")
+
+
+@app.command()
+def attention(
+    image: ImageArg = None, model: ModelOpt = DEFAULTS["model"], device: DeviceOpt = "auto", dtype: DtypeOpt = "float32",
+    resolution: ResolutionOpt = "native", max_tokens: MaxTokensOpt = 16384, max_pixels: MaxPixelsOpt = 100_000_000,
+    layer: LayerOpt = -1, out: OutOpt = DEFAULTS["out"], cmap: CmapOpt = "inferno",
+    patch: Annotated[Optional[int], typer.Option(help="Query patch index (row-major; -1 = CLS token).")] = None,
+    cell: Annotated[Optional[str], typer.Option(help="Query patch as ROW,COL.")] = None,
+    pixel: Annotated[Optional[str], typer.Option(help="Query point as X,Y in original-image pixels.")] = None,
+    cls: Annotated[bool, typer.Option("--cls", help="Query with the CLS token (the default).")] = False,
+    heads: Annotated[bool, typer.Option(help="Draw a panel per head after the mean.")] = True,
+    alpha: Annotated[float, typer.Option(help="Opacity of the maps over the photo.")] = 0.6,
+    debug: DebugOpt = False,
+):
+    """Attention of the CLS token (or a query patch) to every patch in one block, per head and averaged.
+
+    Also prints how much of the attention goes to the register tokens and to CLS.
+    """
+    from .views import attention_view
+
+    query = _query(patch, cell, pixel, cls)
+    extractor = _extractor(model, device, dtype, resolution, max_tokens, max_pixels, layer, False)
+    img, att = extractor.attention(image or "sample:chelsea", -1 if query is None else query)
+    shares = att.shares()
+    who = "CLS" if att.query < 0 else f"patch {att.query}"
+    typer.echo(f"layer {att.layer}, query {who}, {att.heads} heads: {shares['patches']:.1%} of the attention goes to "
+               f"patches, {shares['registers']:.1%} to the {att.registers.shape[-1]} registers, {shares['cls']:.1%} to CLS")
+    if att.registers.shape[-1]:
+        per_head = ", ".join(f"{v:.0%}" for v in att.registers.sum(-1).tolist())
+        typer.echo(f"register share per head: {per_head}")
+    _save(attention_view(att, img, heads=heads, cmap=cmap, alpha=alpha), out, f"{_stem(image)}_attention_L{att.layer}.png")
 
 
 def main(argv: list[str] | None = None) -> int:
