@@ -106,7 +106,12 @@ def load_model(source: str | os.PathLike = DEFAULT_MODEL, *, device: str | None 
     text = os.fspath(source)
     path = Path(text).expanduser()
     spec = None
-    if path.is_dir():
+    if text.startswith("random:"):
+        name = text[len("random:"):]
+        if check_memory and lookup(name) is not None:
+            _check_memory(lookup(name).params, "float32", dev, text)  # built in float32 before any cast
+        module, revision, folder = random_model(name), "random-seed0", None
+    elif path.is_dir():
         if check_memory:
             _check_memory(_count_folder(path), dtype_name, dev, text)
         folder, revision = path, _fingerprint(path)
@@ -137,6 +142,31 @@ def load_model(source: str | os.PathLike = DEFAULT_MODEL, *, device: str | None 
     elif folder is None and "sat493m" in path.name.lower():
         backbone.mean, backbone.std = SAT_MEAN, SAT_STD
     return backbone
+
+
+def random_model(name: str):
+    """A DINOv3 ViT with the architecture of registry entry `name` and random weights (seed 0).
+
+    For trying dinoscope, benchmarks and tests where the gated weights are out of reach: the
+    pictures show the layout, not what trained features look like.
+    """
+    import torch
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+    from .registry import MODELS
+
+    spec = MODELS.get(name)
+    if spec is None or spec.family != "dinov3-vit":
+        choices = ", ".join(n for n, m in MODELS.items() if m.family == "dinov3-vit")
+        raise ModelError(f"no random architecture {name!r}; use random:NAME with NAME one of {choices}")
+    gated = name.endswith("plus") or name.startswith("vit7b")  # S+, H+ and 7B use a SwiGLU MLP
+    config = DINOv3ViTConfig(hidden_size=spec.width, num_hidden_layers=spec.depth, num_attention_heads=spec.heads,
+                             intermediate_size=spec.width * (2 if name.startswith("vit7b") else 4),
+                             num_register_tokens=spec.registers, patch_size=spec.patch_size, use_gated_mlp=gated,
+                             key_bias=False, layerscale_value=1.0, rope_theta=100.0, layer_norm_eps=1e-5)
+    with torch.random.fork_rng(devices=[]):  # a fixed seed without touching the caller's random state
+        torch.manual_seed(0)
+        return DINOv3ViTModel(config).eval()
 
 
 def _unknown_message(text: str) -> str:
