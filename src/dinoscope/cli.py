@@ -368,8 +368,16 @@ def main(argv: list[str] | None = None) -> int:
     logger.handlers[:] = [handler]
     logger.setLevel(logging.INFO)
     logger.propagate = False
+    from .files import sigterm_as_interrupt
+
     try:
-        typer.main.get_command(app).main(args=args, prog_name="dinoscope", standalone_mode=False)
+        with sigterm_as_interrupt():
+            code = typer.main.get_command(app).main(args=args, prog_name="dinoscope", standalone_mode=False)
+        # typer reports Ctrl-C (and explicit exits) as a returned exit code when not standalone
+        if isinstance(code, int) and not isinstance(code, bool) and code != 0:
+            if code == 130:
+                print("dinoscope: interrupted", file=sys.stderr)
+            return code
     except DinoscopeError as exc:
         if debug:
             raise

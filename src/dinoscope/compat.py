@@ -137,9 +137,12 @@ def _parser(description: str, pair: bool = False) -> argparse.ArgumentParser:
 
 
 def _run(parser: argparse.ArgumentParser, body, argv) -> int:
+    from .files import sigterm_as_interrupt
+
     args = parser.parse_args(argv)
     try:
-        body(args)
+        with sigterm_as_interrupt():
+            body(args)
     except DinoscopeError as exc:
         if args.debug:
             raise
