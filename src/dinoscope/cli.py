@@ -58,13 +58,13 @@ def _extractor(model, device, dtype, resolution, max_tokens, max_pixels, layer, 
 
 
 def _stem(source: str | None) -> str:
-    from urllib.parse import urlparse
+    from urllib.parse import unquote, urlparse
 
     if source is None:
         return "chelsea"
     if source.startswith("sample:"):
         return source[len("sample:"):]
-    name = Path(urlparse(source).path if "://" in source else source).stem
+    name = Path(unquote(urlparse(source).path) if "://" in source else source).stem
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._")
     return safe or "image"
 
