@@ -198,7 +198,7 @@ def test_unknown_option_is_a_usage_error():
 
 @pytest.mark.parametrize("model,word", [
     ("facebook/dinov3-vitl16-pretrain-lvd1689m", "not in the hugging face cache"),
-    ("./no/such/folder", "no model folder"),
+    ("./no/such/folder", "no file or folder"),
 ])
 def test_unavailable_models_fail_cleanly(model, word, hf_home, tmp_path):
     result = run("norms", "--model", model, "--out", tmp_path / "out", hf_home=hf_home)

@@ -172,11 +172,13 @@ def random_model(name: str):
 def _unknown_message(text: str) -> str:
     from .registry import closest
 
-    suggestions = ", ".join(closest(text))
     looks_like_path = any(c in text for c in "/\\") or text.endswith((".pth", ".pt", ".safetensors"))
-    where = f"no file or folder {text!r} exists" if looks_like_path else f"{text!r} is not a known model name"
-    return (f"{where}; closest known names: {suggestions} (`dinoscope models` lists all), or pass a hub id, "
-            f"a save_pretrained folder or a checkpoint file")
+    if looks_like_path:
+        return (f"no file or folder {text!r} exists; check the path, or pass a short name (`dinoscope models`) "
+                f"or a hub id")
+    suggestions = ", ".join(closest(text))
+    return (f"{text!r} is not a known model name; closest known names: {suggestions} (`dinoscope models` lists "
+            f"all), or pass a hub id, a save_pretrained folder or a checkpoint file")
 
 
 def available_memory(device) -> int | None:
