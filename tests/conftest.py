@@ -84,3 +84,9 @@ def cli_env(hf_home: Path | None = None, **extra) -> dict:
         env["HF_HOME"] = str(hf_home)
     env.pop("HF_HUB_CACHE", None)
     return env
+
+
+@pytest.fixture(autouse=True)
+def _private_feature_cache(tmp_path_factory, monkeypatch):
+    """Keep the CLI's default feature cache out of the user's home during tests."""
+    monkeypatch.setenv("DINOSCOPE_CACHE", str(tmp_path_factory.getbasetemp() / "dinoscope-cache"))
