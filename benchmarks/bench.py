@@ -293,8 +293,8 @@ def main() -> None:
     sections = args.only.split(",")
     work = args.work or Path(tempfile.mkdtemp(prefix="dinoscope-bench-"))
     work.mkdir(parents=True, exist_ok=True)
+    common.use_offline_hub(work / "hf-home")  # before huggingface_hub is imported: it reads HF_HOME once
     home = common.make_hub(work / "hf-home")
-    common.use_offline_hub(home)
     print("machine:", machine(), flush=True)
     if "help" in sections:
         section_help(args, work)
