@@ -118,3 +118,9 @@ def pixel_backbone():
     from dinoscope.models.loading import describe
 
     return describe(build_pixel_vit(), source="pixel-model", revision="test")
+
+
+@pytest.fixture(autouse=True)
+def _private_feature_cache(tmp_path_factory, monkeypatch):
+    """Keep the CLI's default feature cache out of the user's home during tests."""
+    monkeypatch.setenv("DINOSCOPE_CACHE", str(tmp_path_factory.getbasetemp() / "dinoscope-cache"))

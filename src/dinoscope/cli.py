@@ -43,18 +43,32 @@ PrenormOpt = Annotated[bool, typer.Option("--prenorm", help="Use the block outpu
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
 CmapOpt = Annotated[str, typer.Option("--cmap", help="Matplotlib colormap name.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+NoCacheOpt = Annotated[bool, typer.Option(
+    "--no-cache", help="Neither read nor write the on-disk feature cache (also: DINOSCOPE_CACHE=off).")]
+CacheDirOpt = Annotated[Optional[Path], typer.Option(
+    "--cache-dir", help="Feature cache folder (default $DINOSCOPE_CACHE, else $XDG_CACHE_HOME/dinoscope or "
+                        "~/.cache/dinoscope; size bound $DINOSCOPE_CACHE_SIZE, default 2G).", show_default=False)]
 
 DEFAULTS = dict(model="facebook/dinov3-vitb16-pretrain-lvd1689m", device="auto", dtype="float32",
                 resolution="native", max_tokens=16384, max_pixels=100_000_000, layer=-1, out=Path("dinoscope-out"))
 
 
-def _extractor(model, device, dtype, resolution, max_tokens, max_pixels, layer, prenorm):
+def _extractor(model, device, dtype, resolution, max_tokens, max_pixels, layer, prenorm, no_cache=False,
+               cache_dir=None, batch_size=8):
     from .features import Extractor
     from .geometry import Resolution
 
     policy = Resolution.parse(resolution, max_tokens=max_tokens or None)
     return Extractor(model, device=device, dtype=dtype, resolution=policy, layer=layer, normed=not prenorm,
-                     max_pixels=max_pixels)
+                     max_pixels=max_pixels, cache=_cache(no_cache, cache_dir), batch_size=batch_size)
+
+
+def _cache(no_cache: bool, cache_dir: Optional[Path]):
+    from .cache import FeatureCache, cache_disabled_by_env
+
+    if no_cache or (cache_dir is None and cache_disabled_by_env()):
+        return None
+    return FeatureCache(cache_dir)
 
 
 def _stem(source: str | None) -> str:
@@ -108,14 +122,14 @@ def _query(patch: Optional[int], cell: Optional[str], pixel: Optional[str], cls:
 def norms(
     image: ImageArg = None, model: ModelOpt = DEFAULTS["model"], device: DeviceOpt = "auto", dtype: DtypeOpt = "float32",
     resolution: ResolutionOpt = "native", max_tokens: MaxTokensOpt = 16384, max_pixels: MaxPixelsOpt = 100_000_000,
-    layer: LayerOpt = -1, prenorm: PrenormOpt = False, out: OutOpt = DEFAULTS["out"], cmap: CmapOpt = "inferno",
+    layer: LayerOpt = -1, prenorm: PrenormOpt = False, no_cache: NoCacheOpt = False, cache_dir: CacheDirOpt = None, out: OutOpt = DEFAULTS["out"], cmap: CmapOpt = "inferno",
     alpha: Annotated[float, typer.Option(help="Blend the map over the photo with this opacity (0 = map only).")] = 0.0,
     debug: DebugOpt = False,
 ):
     """Feature-norm map: the L2 norm of every patch token, min-max scaled."""
     from .views import norms_view
 
-    img, feats = _extractor(model, device, dtype, resolution, max_tokens, max_pixels, layer, prenorm)(image or "sample:chelsea")
+    img, feats = _extractor(model, device, dtype, resolution, max_tokens, max_pixels, layer, prenorm, no_cache, cache_dir)(image or "sample:chelsea")
     _save(norms_view(feats, img, cmap=cmap, alpha=alpha), out, f"{_stem(image)}_norms.png")
 
 
@@ -123,7 +137,7 @@ def norms(
 def pca(
     image: ImageArg = None, model: ModelOpt = DEFAULTS["model"], device: DeviceOpt = "auto", dtype: DtypeOpt = "float32",
     resolution: ResolutionOpt = "native", max_tokens: MaxTokensOpt = 16384, max_pixels: MaxPixelsOpt = 100_000_000,
-    layer: LayerOpt = -1, prenorm: PrenormOpt = False, out: OutOpt = DEFAULTS["out"], cmap: CmapOpt = "viridis",
+    layer: LayerOpt = -1, prenorm: PrenormOpt = False, no_cache: NoCacheOpt = False, cache_dir: CacheDirOpt = None, out: OutOpt = DEFAULTS["out"], cmap: CmapOpt = "viridis",
     components: Annotated[str, typer.Option(help="Three components for RGB (e.g. 1,2,3) or one for a single map.")] = "1,2,3",
     foreground: Annotated[bool, typer.Option(help="Fit on foreground patches only; background drawn black.")] = False,
     basis: Annotated[Optional[Path], typer.Option(help="Apply a saved PCA basis (same colours across images).")] = None,
@@ -142,7 +156,7 @@ def pca(
     if len(picked) not in (1, 3) or min(picked, default=0) < 0:
         raise InputError(f"--components takes one or three 1-based numbers, got {components!r}")
     fitted = PCABasis.load(basis) if basis is not None else None
-    img, feats = _extractor(model, device, dtype, resolution, max_tokens, max_pixels, layer, prenorm)(image or "sample:chelsea")
+    img, feats = _extractor(model, device, dtype, resolution, max_tokens, max_pixels, layer, prenorm, no_cache, cache_dir)(image or "sample:chelsea")
     if fitted is None:
         fitted = PCABasis.fit([feats], max(3, max(picked) + 1), foreground_only=foreground)
     elif fitted.mean.shape[0] != feats.dim:
@@ -158,7 +172,7 @@ def pca(
 def similarity(
     image: ImageArg = None, model: ModelOpt = DEFAULTS["model"], device: DeviceOpt = "auto", dtype: DtypeOpt = "float32",
     resolution: ResolutionOpt = "native", max_tokens: MaxTokensOpt = 16384, max_pixels: MaxPixelsOpt = 100_000_000,
-    layer: LayerOpt = -1, prenorm: PrenormOpt = False, out: OutOpt = DEFAULTS["out"], cmap: CmapOpt = "turbo",
+    layer: LayerOpt = -1, prenorm: PrenormOpt = False, no_cache: NoCacheOpt = False, cache_dir: CacheDirOpt = None, out: OutOpt = DEFAULTS["out"], cmap: CmapOpt = "turbo",
     patch: Annotated[Optional[int], typer.Option(help="Query patch index (row-major; -1 = CLS token).")] = None,
     cell: Annotated[Optional[str], typer.Option(help="Query patch as ROW,COL.")] = None,
     pixel: Annotated[Optional[str], typer.Option(help="Query point as X,Y in original-image pixels.")] = None,
@@ -174,7 +188,7 @@ def similarity(
     from .views import similarity_view
 
     query = _query(patch, cell, pixel, cls)
-    extractor = _extractor(model, device, dtype, resolution, max_tokens, max_pixels, layer, prenorm)
+    extractor = _extractor(model, device, dtype, resolution, max_tokens, max_pixels, layer, prenorm, no_cache, cache_dir)
     img, feats = extractor(image or "sample:chelsea")
     if query is None:
         query = feats.geometry.index(feats.geometry.rows // 2, feats.geometry.cols // 2)
@@ -213,7 +227,7 @@ def match(
     image_b: Annotated[str, typer.Argument(help="Second image.")],
     model: ModelOpt = DEFAULTS["model"], device: DeviceOpt = "auto", dtype: DtypeOpt = "float32",
     resolution: ResolutionOpt = "native", max_tokens: MaxTokensOpt = 16384, max_pixels: MaxPixelsOpt = 100_000_000,
-    layer: LayerOpt = -1, prenorm: PrenormOpt = False, out: OutOpt = DEFAULTS["out"], cmap: CmapOpt = "viridis",
+    layer: LayerOpt = -1, prenorm: PrenormOpt = False, no_cache: NoCacheOpt = False, cache_dir: CacheDirOpt = None, out: OutOpt = DEFAULTS["out"], cmap: CmapOpt = "viridis",
     method: MethodOpt = "hungarian", top_k: TopKOpt = 0, max_lines: MaxLinesOpt = 800, seed: SeedOpt = 0,
     pairs: PairsOpt = None, debug: DebugOpt = False,
 ):
@@ -222,9 +236,8 @@ def match(
 
     if pairs is not None and pairs.suffix.lower() not in (".csv", ".json"):
         raise InputError(f"cannot tell the format of {pairs}; name it .csv or .json")
-    extractor = _extractor(model, device, dtype, resolution, max_tokens, max_pixels, layer, prenorm)
-    img_a, fa = extractor(image_a)
-    img_b, fb = extractor(image_b)
+    extractor = _extractor(model, device, dtype, resolution, max_tokens, max_pixels, layer, prenorm, no_cache, cache_dir)
+    (img_a, fa), (img_b, fb) = extractor.extract_many([image_a, image_b])  # same-size pairs share one pass
     picture, matches = matches_view(fa, fb, img_a, img_b, method=method, top_k=top_k, max_lines=max_lines, seed=seed,
                                     cmap=cmap)
     _save(picture, out, f"{_stem(image_a)}_{_stem(image_b)}_matches.png")
@@ -238,7 +251,7 @@ def run_all(
     match_with: Annotated[Optional[str], typer.Option("--match", help="Also match against this second image.")] = None,
     model: ModelOpt = DEFAULTS["model"], device: DeviceOpt = "auto", dtype: DtypeOpt = "float32",
     resolution: ResolutionOpt = "native", max_tokens: MaxTokensOpt = 16384, max_pixels: MaxPixelsOpt = 100_000_000,
-    layer: LayerOpt = -1, prenorm: PrenormOpt = False, out: OutOpt = DEFAULTS["out"],
+    layer: LayerOpt = -1, prenorm: PrenormOpt = False, no_cache: NoCacheOpt = False, cache_dir: CacheDirOpt = None, out: OutOpt = DEFAULTS["out"],
     method: MethodOpt = "hungarian", top_k: TopKOpt = 0, max_lines: MaxLinesOpt = 800, seed: SeedOpt = 0,
     debug: DebugOpt = False,
 ):
@@ -249,12 +262,12 @@ def run_all(
     from .analyses import CLS
     from .views import matches_view, norms_view, pca_view, similarity_view
 
-    extractor = _extractor(model, device, dtype, resolution, max_tokens, max_pixels, layer, prenorm)
+    extractor = _extractor(model, device, dtype, resolution, max_tokens, max_pixels, layer, prenorm, no_cache, cache_dir)
     sources = [image] if image is not None else ["sample:chelsea", "sample:coffee", "sample:astronaut"]
-    seen = {}
+    wanted = sources + ([match_with] if match_with and match_with not in sources else [])
+    seen = dict(zip(wanted, extractor.extract_many(wanted)))  # one batched pass per input size
     for source in sources:
-        img, feats = extractor(source)
-        seen[source] = (img, feats)
+        img, feats = seen[source]
         stem, g = _stem(source), feats.geometry
         centre = g.index(g.rows // 2, g.cols // 2)
         _save(norms_view(feats, img), out, f"{stem}_norms.png")
@@ -276,14 +289,80 @@ def extract(
     images: Annotated[list[str], typer.Argument(help="Images to extract (paths, URLs or sample:NAME).")],
     model: ModelOpt = DEFAULTS["model"], device: DeviceOpt = "auto", dtype: DtypeOpt = "float32",
     resolution: ResolutionOpt = "native", max_tokens: MaxTokensOpt = 16384, max_pixels: MaxPixelsOpt = 100_000_000,
-    layer: LayerOpt = -1, prenorm: PrenormOpt = False, out: OutOpt = DEFAULTS["out"], debug: DebugOpt = False,
+    layer: LayerOpt = -1, prenorm: PrenormOpt = False, no_cache: NoCacheOpt = False, cache_dir: CacheDirOpt = None,
+    out: OutOpt = DEFAULTS["out"],
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images of one input size per forward pass.")] = 8,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+    debug: DebugOpt = False,
 ):
-    """Write each image's tokens to OUT/<name>.safetensors (keys cls, registers, patches; geometry in the metadata)."""
-    extractor = _extractor(model, device, dtype, resolution, max_tokens, max_pixels, layer, prenorm)
-    for source in images:
-        _, feats = extractor(source)
-        path = feats.save(out / f"{_stem(source)}.safetensors")
-        typer.echo(f"wrote {path}")
+    """Write each image's tokens to OUT/<name>.safetensors (keys cls, registers, patches; geometry in the metadata).
+
+    Images of the same input size are batched; throughput is reported at the end.
+    """
+    import time
+
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    extractor = _extractor(model, device, dtype, resolution, max_tokens, max_pixels, layer, prenorm, no_cache,
+                           cache_dir, batch_size)
+    names = _unique_stems(images)
+    bar = _progress_bar(len(images), "extracting") if progress else None
+    started = time.perf_counter()
+    try:
+        for name, (_, feats) in zip(names, extractor.iter_many(images, progress=bar.update_to if bar else None)):
+            path = feats.save(out / f"{name}.safetensors")
+            if bar is None:
+                typer.echo(f"wrote {path}")
+    finally:
+        if bar is not None:
+            bar.close()
+    elapsed = time.perf_counter() - started
+    hits = extractor.cache.hits if extractor.cache is not None else 0
+    typer.echo(f"extracted {len(images)} image(s) into {out} in {elapsed:.2f} s: {len(images) / elapsed:.2f} images/s "
+               f"({extractor.forward_passes} computed, {hits} from the cache)")
+
+
+def _unique_stems(sources: list[str]) -> list[str]:
+    """Output names from the sources; repeats get _2, _3... so no file overwrites another."""
+    seen: dict[str, int] = {}
+    names = []
+    for source in sources:
+        stem = _stem(source)
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
+    return names
+
+
+class _Bar:
+    """A minimal stderr progress bar (tqdm when installed), driven by progress(done, total) calls."""
+
+    def __init__(self, total: int, label: str):
+        self.total, self.done, self.label = total, 0, label
+        try:
+            from tqdm import tqdm
+
+            self._tqdm = tqdm(total=total, desc=label, unit="img", file=sys.stderr, dynamic_ncols=True)
+        except ImportError:
+            self._tqdm = None
+
+    def update_to(self, done: int, total: int | None = None) -> None:
+        if done <= self.done:
+            return
+        if self._tqdm is not None:
+            self._tqdm.update(done - self.done)
+        else:
+            print(f"\rdinoscope: {self.label} {done}/{self.total}", end="", file=sys.stderr, flush=True)
+        self.done = done
+
+    def close(self) -> None:
+        if self._tqdm is not None:
+            self._tqdm.close()
+        elif self.done:
+            print(file=sys.stderr)
+
+
+def _progress_bar(total: int, label: str) -> _Bar:
+    return _Bar(total, label)
 
 
 @app.command()

@@ -126,10 +126,11 @@ def extract_layers(backbone, image, *, resolution: Resolution | None = None, lay
 
 
 def extract_batch(backbone, images: Sequence, *, resolution: Resolution | None = None, layers: Sequence[int] = (-1,),
-                  normed: bool = True, batch_size: int = 8) -> list[list[Features]]:
+                  normed: bool = True, batch_size: int = 8, progress=None) -> list[list[Features]]:
     """Extract many RGB PIL images; images of the same model input size share a forward pass.
 
-    Returns, per image, a list with one Features per requested layer.
+    Returns, per image, a list with one Features per requested layer. `progress(done)`
+    is called after each forward pass with the number of images finished so far.
     """
     import torch
 
@@ -145,6 +146,7 @@ def extract_batch(backbone, images: Sequence, *, resolution: Resolution | None =
     for i, geometry in enumerate(geometries):
         groups.setdefault(geometry.input_size, []).append(i)
     results: list[list[Features] | None] = [None] * len(images)
+    finished = 0
     for members in groups.values():
         for start in range(0, len(members), batch_size):
             chunk = members[start:start + batch_size]
@@ -157,6 +159,9 @@ def extract_batch(backbone, images: Sequence, *, resolution: Resolution | None =
                              layer=block, normed=normed)
                     for block, (cls_t, regs, patches) in zip(blocks, outputs)
                 ]
+            finished += len(chunk)
+            if progress is not None:
+                progress(finished)
     return results  # type: ignore[return-value]
 
 
@@ -326,11 +331,15 @@ class Extractor:
 
     The model is loaded on first use. This is the one place front ends get features from,
     so every picture they draw for one image comes from one forward pass.
+
+    `cache` (a :class:`~dinoscope.cache.FeatureCache`, or None for no cache) keeps the
+    tokens on disk: an image seen before with the same model, weights, resolution, layer
+    and dtype is read back without loading the model or running it.
     """
 
     def __init__(self, model="facebook/dinov3-vitb16-pretrain-lvd1689m", *, device: str | None = "auto",
                  dtype="float32", resolution: Resolution | None = None, layer: int = -1, normed: bool = True,
-                 max_pixels: int | None = None):
+                 max_pixels: int | None = None, cache=None, batch_size: int = 8):
         self.model_source = model
         self.device = device
         self.dtype = dtype
@@ -338,7 +347,11 @@ class Extractor:
         self.layer = layer
         self.normed = normed
         self.max_pixels = max_pixels
+        self.cache = cache
+        self.batch_size = batch_size
+        self.forward_passes = 0  # images run through the model by this extractor (cache hits excluded)
         self._backbone = None if isinstance(model, (str, os.PathLike)) else model
+        self._identity = None
 
     @property
     def backbone(self):
@@ -355,12 +368,86 @@ class Extractor:
             return load_image(source)
         return load_image(source, max_pixels=self.max_pixels)
 
+    def _model_identity(self) -> tuple[str, str, int] | None:
+        """(source, revision, patch size), from the loaded model or, before loading, from its files."""
+        if self._backbone is not None:
+            b = self._backbone
+            return b.source, b.revision, b.patch_size
+        if self._identity is None:
+            from .models.loading import identify
+
+            found = identify(self.model_source)
+            if found is None:
+                return None
+            self._identity = (os.fspath(self.model_source), *found)
+        return self._identity
+
+    def cache_key(self, image):
+        """The cache key of `image` under these settings, or None when the model cannot be identified unloaded."""
+        from .cache import CacheKey
+        from .images import image_digest
+        from .models.loading import resolve_dtype
+
+        identity = self._model_identity()
+        if identity is None:
+            return None
+        source, revision, patch = identity
+        dtype = str(resolve_dtype(self.dtype)).removeprefix("torch.")
+        return CacheKey(source, revision, patch, image_digest(image), str(self.resolution), self.resolution.max_tokens,
+                        self.layer, self.normed, dtype)
+
     def __call__(self, source):
-        image = self.load(source)
-        self.backbone.layer_index(self.layer)  # bad layer: fail before the forward pass
-        features = extract_batch(self.backbone, [image], resolution=self.resolution, layers=[self.layer],
-                                 normed=self.normed)[0][0]
-        return image, features
+        return self.extract_many([source])[0]
+
+    def extract_many(self, sources: Sequence, *, progress=None) -> list[tuple[object, Features]]:
+        """(image, Features) for each source, in order: cache hits first, misses batched by input size.
+
+        `progress(done, total)` is called as images complete (hits count at once).
+        """
+        return list(self.iter_many(sources, progress=progress))
+
+    def iter_many(self, sources: Sequence, *, progress=None, window: int = 64):
+        """Like `extract_many` but yields results in order, holding at most `window` images at a time."""
+        sources = list(sources)
+        total, done = len(sources), 0
+        for start in range(0, total, window):
+            images = [self.load(s) for s in sources[start:start + window]]
+            results: list = [None] * len(images)
+            keys: list = [None] * len(images)
+            todo = []
+            for i, image in enumerate(images):
+                if self.cache is not None:
+                    keys[i] = self.cache_key(image)
+                    hit = self.cache.get(keys[i]) if keys[i] is not None else None
+                    if hit is not None:
+                        results[i] = hit
+                        done += 1
+                        continue
+                todo.append(i)
+            if progress is not None and done:
+                progress(done, total)
+            if todo:
+                backbone = self.backbone
+                backbone.layer_index(self.layer)  # bad layer: fail before the forward pass
+                base = done
+
+                def step(n, _base=base):
+                    if progress is not None:
+                        progress(_base + n, total)
+
+                fresh = extract_batch(backbone, [images[i] for i in todo], resolution=self.resolution,
+                                      layers=[self.layer], normed=self.normed, batch_size=self.batch_size,
+                                      progress=step)
+                self.forward_passes += len(todo)
+                done += len(todo)
+                for i, feats in zip(todo, fresh):
+                    results[i] = feats[0]
+                    if self.cache is not None:
+                        key = self.cache_key(images[i])  # after loading: the revision actually used
+                        if key is not None:
+                            self.cache.put(key, results[i])
+            for image, feats in zip(images, results):
+                yield image, feats
 
     def layers(self, source, layers: Sequence[int]):
         """(RGB image, [Features per layer]) from one forward pass."""
@@ -375,4 +462,3 @@ class Extractor:
         image = self.load(source)
         return image, extract_attention(self.backbone, image, layer=self.layer, query=query,
                                         resolution=self.resolution)
-

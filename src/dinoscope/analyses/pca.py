@@ -71,7 +71,14 @@ class PCABasis:
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         z = (x - mean) / scale
         cov = z.T @ z / (n - 1)
-        values, vectors = torch.linalg.eigh(cov)  # ascending; exact even on flat spectra
+        # ascending; exact even on flat spectra. One thread: this 768 x 768 float64 problem is too small to
+        # split, and on a busy 2-core CPU the threaded LAPACK took 1-4 s instead of 0.1-0.3 s
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            values, vectors = torch.linalg.eigh(cov)
+        finally:
+            torch.set_num_threads(threads)
         order = torch.argsort(values, descending=True)[:n_components]
         components = vectors[:, order].T
         peak = components.abs().argmax(dim=1)

@@ -283,6 +283,40 @@ def describe(module, *, source: str, revision: str, folder: Path | None = None) 
     raise ModelError(f"{source} is a {model_type!r} model, not DINOv3 or DINOv2; pass a DINOv3 model")
 
 
+def identify(source: str | os.PathLike) -> tuple[str, int] | None:
+    """(weights revision, patch size) of a model without loading it or touching the network.
+
+    A local folder gives the fingerprint `load_model` records; a hub id gives the commit
+    of the snapshot already in the local Hugging Face cache (the one an offline load
+    would use). None when this cannot be known cheaply (not downloaded yet, unreadable
+    config): the caller then loads the model and takes the revision from it.
+    """
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    try:
+        if path.is_dir():
+            folder, revision = path, _fingerprint(path)
+        elif not path.exists() and _looks_like_hub_id(text):
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(text, "config.json")
+            if not isinstance(found, str):
+                return None
+            folder = Path(found).parent
+            revision = folder.name
+        else:
+            return None
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    patch = config.get("patch_size", 32 if config.get("model_type") == "dinov3_convnext" else None)
+    if config.get("model_type") == "dinov3_convnext":
+        patch = 32
+    if not isinstance(patch, int):
+        return None
+    return revision, patch
+
+
 def _looks_like_hub_id(text: str) -> bool:
     parts = text.split("/")
     return len(parts) == 2 and all(parts) and not text.startswith((".", "~")) and "\\" not in text

@@ -1,0 +1,220 @@
+"""On-disk feature cache: a second look at an image already seen does no forward pass.
+
+Entries are safetensors files (the `Features.save` format) named by a SHA-256 key over
+everything that decides the tokens: model source and weights revision, patch size, the
+image's pixel digest, the resolution policy and token budget, layer, norm and dtype.
+
+Safe by construction rather than by locking:
+
+* every entry is written to a temporary file beside it and renamed into place
+  (`os.replace` is atomic), so concurrent writers of one entry each leave a whole
+  file and readers never see half of one;
+* a corrupt, truncated or foreign entry is treated as a miss (deleted, recomputed),
+  never an error;
+* the folder is bounded in size: after each write the least recently used entries
+  (by modification time, refreshed on every hit) are removed until it fits.
+
+Failures to write (read-only disk, full disk) are logged once and the cache steps
+aside; extraction never fails because of the cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InputError
+
+log = logging.getLogger("dinoscope")
+
+FORMAT = "dinoscope-cache-v1"
+DEFAULT_MAX_BYTES = 2 * 1024**3
+_SUFFIX = ".safetensors"
+_STALE_TEMP_SECONDS = 3600
+_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2, "mib": 1024**2,
+          "g": 1024**3, "gb": 1024**3, "gib": 1024**3, "t": 1024**4, "tb": 1024**4, "tib": 1024**4}
+
+
+def parse_size(text: str | int) -> int:
+    """'2G', '500M', '1.5GiB' or a number of bytes -> bytes."""
+    if isinstance(text, int):
+        value = text
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+        if not m or m.group(2).lower() not in _UNITS:
+            raise InputError(f"cannot read the cache size {text!r}; write a size like 2G, 500M or 100000000")
+        value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if value < 0:
+        raise InputError(f"the cache size must not be negative, got {text!r}")
+    return value
+
+
+def default_cache_dir() -> Path:
+    """$DINOSCOPE_CACHE, else $XDG_CACHE_HOME/dinoscope, else ~/.cache/dinoscope."""
+    env = os.environ.get("DINOSCOPE_CACHE", "").strip()
+    if env and env.lower() not in ("0", "off", "none", "false", "no"):
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "dinoscope"
+
+
+def cache_disabled_by_env() -> bool:
+    return os.environ.get("DINOSCOPE_CACHE", "").strip().lower() in ("0", "off", "none", "false", "no")
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """Everything that decides an image's tokens. `digest` is the cache file name."""
+
+    model: str
+    revision: str
+    patch_size: int
+    image: str  # images.image_digest of the loaded RGB pixels
+    resolution: str  # e.g. "native", "short:768"
+    max_tokens: int | None
+    layer: int
+    normed: bool
+    dtype: str
+
+    @property
+    def digest(self) -> str:
+        text = json.dumps([FORMAT, self.model, self.revision, self.patch_size, self.image, self.resolution,
+                           self.max_tokens, self.layer, self.normed, self.dtype], separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+class FeatureCache:
+    """A size-bounded folder of cached Features, safe for concurrent processes.
+
+    `folder` defaults to :func:`default_cache_dir`; `max_bytes` (default 2 GiB, or
+    $DINOSCOPE_CACHE_SIZE such as "500M") bounds its size, 0 meaning "keep nothing".
+    """
+
+    def __init__(self, folder: str | os.PathLike | None = None, *, max_bytes: int | str | None = None):
+        self.folder = Path(folder).expanduser() if folder is not None else default_cache_dir()
+        if max_bytes is None:
+            max_bytes = os.environ.get("DINOSCOPE_CACHE_SIZE", "").strip() or DEFAULT_MAX_BYTES
+        self.max_bytes = parse_size(max_bytes)
+        self.hits = 0
+        self.misses = 0
+        self._write_failed = False
+
+    def __repr__(self) -> str:
+        return f"FeatureCache({str(self.folder)!r}, max_bytes={self.max_bytes})"
+
+    def path(self, key: CacheKey | str) -> Path:
+        digest = key.digest if isinstance(key, CacheKey) else key
+        return self.folder / digest[:2] / f"{digest}{_SUFFIX}"
+
+    def get(self, key: CacheKey):
+        """The cached Features for `key`, or None (missing, unreadable or not for this key)."""
+        from .features import Features
+
+        path = self.path(key)
+        try:
+            features = Features.load(path)
+        except InputError:
+            if path.exists():
+                log.debug(f"ignoring the unreadable cache entry {path}")
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            self.misses += 1
+            return None
+        if features.extra.get("cache_key") != key.digest or not _consistent(features):
+            with contextlib.suppress(OSError):
+                path.unlink()
+            self.misses += 1
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(path)  # mark as recently used for the LRU bound
+        features.extra = {k: v for k, v in features.extra.items() if k != "cache_key"}
+        self.hits += 1
+        return features
+
+    def put(self, key: CacheKey, features) -> Path | None:
+        """Store `features` under `key` (atomically); returns the entry path, or None if it could not be written."""
+        from dataclasses import replace
+
+        if self.max_bytes == 0 or self._write_failed:
+            return None
+        path = self.path(key)
+        entry = replace(features, extra={**features.extra, "cache_key": key.digest})
+        try:
+            _save_atomic(entry, path)
+        except (OSError, InputError) as exc:
+            self._write_failed = True
+            log.warning(f"the feature cache in {self.folder} cannot be written ({exc}); continuing without it")
+            return None
+        self.evict()
+        return path
+
+    def entries(self) -> list[tuple[Path, os.stat_result]]:
+        found = []
+        if not self.folder.is_dir():
+            return found
+        for sub in self.folder.iterdir():
+            if not sub.is_dir() or len(sub.name) != 2:
+                continue
+            for f in sub.iterdir():
+                with contextlib.suppress(OSError):
+                    if f.name.endswith(_SUFFIX) and not f.name.startswith("."):
+                        found.append((f, f.stat()))
+                    elif f.name.startswith(".") and time.time() - f.stat().st_mtime > _STALE_TEMP_SECONDS:
+                        f.unlink()  # a temporary file left by a killed writer
+        return found
+
+    def size(self) -> int:
+        return sum(st.st_size for _, st in self.entries())
+
+    def evict(self, max_bytes: int | None = None) -> int:
+        """Remove least recently used entries until the folder fits; returns bytes removed."""
+        limit = self.max_bytes if max_bytes is None else max_bytes
+        entries = self.entries()
+        total = sum(st.st_size for _, st in entries)
+        removed = 0
+        if total <= limit:
+            return 0
+        for path, st in sorted(entries, key=lambda e: max(e[1].st_mtime, e[1].st_atime)):
+            if total <= limit:
+                break
+            with contextlib.suppress(FileNotFoundError):  # another process may have removed it already
+                path.unlink()
+            total -= st.st_size
+            removed += st.st_size
+        return removed
+
+    def clear(self) -> int:
+        return self.evict(0)
+
+
+def _consistent(features) -> bool:
+    g = features.geometry
+    p = features.patches
+    return (p.ndim == 3 and tuple(p.shape[:2]) == (g.rows, g.cols) and features.cls.shape == (p.shape[-1],)
+            and features.registers.ndim == 2)
+
+
+def _save_atomic(features, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem[:16]}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    try:
+        tensors = {"cls": features.cls.contiguous(), "registers": features.registers.contiguous(),
+                   "patches": features.patches.contiguous()}
+        save_file(tensors, tmp, metadata=features.metadata())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,230 @@
+"""The on-disk feature cache: hits skip the model, keys cover every setting, damage is survived."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import DEFAULT_ID, FAKE_COMMIT, cli_env
+
+from dinoscope.cache import CacheKey, FeatureCache, default_cache_dir, parse_size
+from dinoscope.features import Extractor, Features
+from dinoscope.geometry import Geometry, Resolution
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def _features(rows=3, cols=4, dim=8, seed=0) -> Features:
+    g = torch.Generator().manual_seed(seed)
+    geometry = Geometry(16, rows, cols, (cols * 16, rows * 16), (cols * 16, rows * 16), False)
+    return Features(torch.randn(dim, generator=g), torch.randn(2, dim, generator=g),
+                    torch.randn(rows, cols, dim, generator=g), geometry, model="m", revision="r")
+
+
+def _key(**changes) -> CacheKey:
+    base = dict(model="m", revision="r", patch_size=16, image="ab" * 32, resolution="native", max_tokens=16384,
+                layer=-1, normed=True, dtype="float32")
+    return CacheKey(**{**base, **changes})
+
+
+def _no_load(monkeypatch):
+    """Make loading any model fail, so a result can only have come from the cache."""
+    import dinoscope.models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded on a cache hit")
+
+    monkeypatch.setattr(dinoscope.models, "load_model", refuse)
+
+
+def test_hit_returns_identical_tensors_without_loading_the_model(tiny_model_dir, tmp_path, monkeypatch):
+    cache = FeatureCache(tmp_path / "c")
+    first = Extractor(tiny_model_dir, device="cpu", cache=cache)
+    _, computed = first("sample:chelsea")
+    assert first.forward_passes == 1 and cache.misses == 1
+
+    _no_load(monkeypatch)
+    second = Extractor(tiny_model_dir, device="cpu", cache=FeatureCache(tmp_path / "c"))
+    image, cached = second("sample:chelsea")
+    assert second.forward_passes == 0 and second._backbone is None and second.cache.hits == 1
+    assert image.size == (451, 300)
+    for name in ("cls", "registers", "patches"):
+        assert torch.equal(getattr(cached, name), getattr(computed, name))
+    assert cached.geometry == computed.geometry
+    assert (cached.revision, cached.layer, cached.normed) == (computed.revision, computed.layer, computed.normed)
+    assert "cache_key" not in cached.extra
+
+
+def test_hub_id_hits_without_loading_and_keys_on_the_snapshot_commit(offline_hub, tmp_path, monkeypatch):
+    from dinoscope.models.loading import identify
+
+    assert identify(DEFAULT_ID) == (FAKE_COMMIT, 16)
+    assert identify("nobody/not-downloaded") is None
+    cache = FeatureCache(tmp_path / "c")
+    resolution = Resolution("short", 64)
+    _, computed = Extractor(DEFAULT_ID, device="cpu", cache=cache, resolution=resolution)("sample:coffee")
+    _no_load(monkeypatch)
+    again = Extractor(DEFAULT_ID, device="cpu", cache=cache, resolution=resolution)
+    _, cached = again("sample:coffee")
+    assert again.forward_passes == 0 and torch.equal(cached.patches, computed.patches)
+    assert cached.revision == FAKE_COMMIT
+
+
+def test_every_key_part_changes_the_key():
+    base = _key()
+    changes = dict(model="other", revision="r2", patch_size=14, image="cd" * 32, resolution="short:768",
+                   max_tokens=None, layer=5, normed=False, dtype="bfloat16")
+    digests = {base.digest}
+    for field in dataclasses.fields(CacheKey):
+        digests.add(dataclasses.replace(base, **{field.name: changes[field.name]}).digest)
+    assert len(digests) == len(changes) + 1
+    assert _key().digest == base.digest  # and it is stable
+
+
+def test_changed_settings_miss_and_same_settings_hit(tiny_model_dir, tmp_path):
+    cache = FeatureCache(tmp_path / "c")
+    Extractor(tiny_model_dir, device="cpu", cache=cache)("sample:chelsea")
+    for kwargs in (dict(layer=0), dict(normed=False), dict(resolution=Resolution("short", 64)),
+                   dict(resolution=Resolution("native", max_tokens=100))):
+        ex = Extractor(tiny_model_dir, device="cpu", cache=cache, **kwargs)
+        ex("sample:chelsea")
+        assert ex.forward_passes == 1, kwargs
+    same = Extractor(tiny_model_dir, device="cpu", cache=cache)
+    same("sample:chelsea")
+    same("sample:coffee")  # a different image misses
+    assert same.forward_passes == 1
+
+
+def test_changed_weights_miss(tiny_model_dir, tmp_path):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    cache = FeatureCache(tmp_path / "c")
+    Extractor(folder, device="cpu", cache=cache)("sample:chelsea")
+    weights = next(folder.glob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # rewritten weights
+    ex = Extractor(folder, device="cpu", cache=cache)
+    ex("sample:chelsea")
+    assert ex.forward_passes == 1
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "other_key"])
+def test_corrupt_entry_is_recomputed(tiny_model_dir, tmp_path, damage):
+    cache = FeatureCache(tmp_path / "c")
+    ex = Extractor(tiny_model_dir, device="cpu", cache=cache)
+    image, computed = ex("sample:chelsea")
+    path = cache.path(ex.cache_key(image))
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"\x00\xff" * 500)
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:  # a whole, valid entry stored under the wrong name
+        _features().save(path)
+    again = Extractor(tiny_model_dir, device="cpu", cache=FeatureCache(tmp_path / "c"))
+    _, recomputed = again("sample:chelsea")
+    assert again.forward_passes == 1
+    assert torch.equal(recomputed.patches, computed.patches)
+    assert torch.equal(Features.load(path).patches, computed.patches)  # the entry was rewritten whole
+
+
+def test_two_processes_writing_one_entry_leave_a_valid_file(tmp_path):
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {SRC!r}); sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_cache import _features, _key
+        from dinoscope.cache import FeatureCache
+        cache = FeatureCache(sys.argv[1])
+        for i in range(40):
+            assert cache.put(_key(), _features(rows=40, cols=40, dim=64)) is not None
+        print("ok")
+    """)
+    env = dict(os.environ, PYTHONPATH=SRC)
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "c")], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0 and out.strip() == "ok", err
+    cache = FeatureCache(tmp_path / "c")
+    got = cache.get(_key())
+    assert got is not None and torch.equal(got.patches, _features(rows=40, cols=40, dim=64).patches)
+    leftovers = [p.name for p in (tmp_path / "c").rglob("*") if p.is_file()]
+    assert leftovers == [cache.path(_key()).name]
+
+
+def test_size_bound_evicts_least_recently_used(tmp_path):
+    one = _features(rows=20, cols=20, dim=32)
+    probe = FeatureCache(tmp_path / "probe")
+    entry = probe.path(probe.put(_key(), one).name.removesuffix(".safetensors")).stat().st_size
+    cache = FeatureCache(tmp_path / "c", max_bytes=int(entry * 2.5))
+    keys = [_key(layer=i) for i in range(3)]
+    for i, key in enumerate(keys[:2]):
+        cache.put(key, one)
+        os.utime(cache.path(key), (1_000_000 + i, 1_000_000 + i))
+    assert cache.get(keys[0]) is not None  # a hit makes keys[0] the most recently used
+    cache.put(keys[2], one)
+    assert cache.size() <= cache.max_bytes
+    assert cache.get(keys[1]) is None  # the least recently used went
+    assert cache.get(keys[0]) is not None and cache.get(keys[2]) is not None
+
+
+def test_zero_size_keeps_nothing_and_unwritable_folder_is_not_fatal(tiny_model_dir, tmp_path, caplog):
+    cache = FeatureCache(tmp_path / "c", max_bytes=0)
+    assert cache.put(_key(), _features()) is None and not (tmp_path / "c").exists()
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    ex = Extractor(tiny_model_dir, device="cpu", cache=FeatureCache(blocker / "c"))
+    _, feats = ex("sample:chelsea")  # extraction works, the cache steps aside with a notice
+    assert feats.patches.shape[:2] == (18, 28)
+    assert "cannot be written" in caplog.text
+
+
+def test_default_folder_and_sizes(monkeypatch, tmp_path):
+    monkeypatch.delenv("DINOSCOPE_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "dinoscope"
+    monkeypatch.setenv("DINOSCOPE_CACHE", str(tmp_path / "mine"))
+    assert default_cache_dir() == tmp_path / "mine"
+    monkeypatch.delenv("DINOSCOPE_CACHE")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert default_cache_dir() == Path.home() / ".cache" / "dinoscope"
+    assert parse_size("2G") == 2 * 1024**3 and parse_size("500M") == 500 * 1024**2 and parse_size("1.5k") == 1536
+    monkeypatch.setenv("DINOSCOPE_CACHE_SIZE", "3M")
+    assert FeatureCache(tmp_path).max_bytes == 3 * 1024**2
+    from dinoscope.errors import InputError
+
+    with pytest.raises(InputError, match="cache size"):
+        parse_size("lots")
+
+
+def _run(args, hf_home=None, **env):
+    return subprocess.run([sys.executable, "-m", "dinoscope", *args], capture_output=True, text=True, timeout=600,
+                          env=cli_env(hf_home, PYTHONPATH=SRC, **env))
+
+
+def test_cli_uses_the_cache_dir_and_no_cache_writes_nothing(tiny_model_dir, tmp_path):
+    base = ["norms", "sample:chelsea", "-m", str(tiny_model_dir), "-o", str(tmp_path / "out")]
+    r = _run(base + ["--no-cache", "--cache-dir", str(tmp_path / "c")])
+    assert r.returncode == 0, r.stderr
+    assert not (tmp_path / "c").exists()
+    picture = (tmp_path / "out" / "chelsea_norms.png").read_bytes()
+    r = _run(base + ["--cache-dir", str(tmp_path / "c")])
+    assert r.returncode == 0, r.stderr
+    assert len(list((tmp_path / "c").rglob("*.safetensors"))) == 1
+    r = _run(base + ["--cache-dir", str(tmp_path / "c")])  # served from the cache: the same picture
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out" / "chelsea_norms.png").read_bytes() == picture
+    r = _run(base, DINOSCOPE_CACHE=str(tmp_path / "env"))
+    assert r.returncode == 0 and len(list((tmp_path / "env").rglob("*.safetensors"))) == 1
+    r = _run(base, DINOSCOPE_CACHE="off", XDG_CACHE_HOME=str(tmp_path / "xdg"))
+    assert r.returncode == 0 and not (tmp_path / "xdg").exists()
