@@ -726,11 +726,15 @@ def build_app(model: str | os.PathLike = DEFAULT_MODEL, *, engine: Engine | None
                 urls[name].submit(guarded(lambda sess, url, n=name: load_url(engine, sess, url, n), 2),
                                   [session, urls[name]], [session, displays[name], status], concurrency_limit=2)
 
-            def on_select(sess, m, r, l, tgt, a, c, evt: gr.SelectData, n=name):
-                x, y = evt.index[0], evt.index[1]
-                return similarity(engine, sess, settings(m, r, l), n, x, y, target=tgt, alpha=a, cmap=c)
+            def on_select(sess, m, r, l, tgt, a, c, evt, n=name):
+                try:
+                    x, y = evt.index[0], evt.index[1]
+                    return similarity(engine, sess, settings(m, r, l), n, x, y, target=tgt, alpha=a, cmap=c)
+                except Exception as exc:  # noqa: BLE001
+                    return skip(), skip(), _message(exc)
 
-            displays[name].select(guarded(on_select, 2), [session, *common, target, alpha, sim_cmap],
+            on_select.__annotations__ = {"evt": gr.SelectData}  # Gradio passes the click by this annotation
+            displays[name].select(on_select, [session, *common, target, alpha, sim_cmap],
                                   [session, sim_out, status], concurrency_limit=4, api_name=f"click_{name.lower()}")
 
         def on_cls(n):
@@ -798,8 +802,12 @@ def _try(fn, *args):
 
 
 def launch(model: str | os.PathLike = DEFAULT_MODEL, *, host: str = "127.0.0.1", port: int = 7860,
-           allow_urls: bool = False, block: bool = True, quiet: bool = True, **engine_kwargs):
-    """Serve the explorer; returns (app, url). With `block`, waits until Ctrl+C and then closes."""
+           allow_urls: bool = False, block: bool = True, quiet: bool = True, warm: bool = True,
+           **engine_kwargs):
+    """Serve the explorer; returns (app, url). With `block`, waits until Ctrl+C and then closes.
+
+    With `warm`, the default model is loaded in the background at once, so the first click waits less.
+    """
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     warning = bind_warning(host)
     if warning:
@@ -809,6 +817,9 @@ def launch(model: str | os.PathLike = DEFAULT_MODEL, *, host: str = "127.0.0.1",
     if allow_urls:
         log.warning("URL loading is on: the server will download images that users name "
                     "(public addresses only, at most %d MB each)", engine.max_upload_bytes // 1_000_000)
+    if warm:
+        threading.Thread(target=_try, args=(engine.backbone, engine.default_label), daemon=True,
+                         name="dinoscope-warm").start()
     app.queue(max_size=64, default_concurrency_limit=2)
     app.launch(server_name=host, server_port=port or None, prevent_thread_lock=True, quiet=quiet, ssr_mode=False,
                max_file_size=engine.max_upload_bytes, allowed_paths=[os.fspath(engine.workdir)],
