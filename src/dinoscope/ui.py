@@ -463,11 +463,12 @@ def similarity(engine: Engine, session: Session, settings: Settings, slot: str, 
     if x is None:
         query, where = CLS, "the CLS token"
     else:
-        query = Pixel(float(x), float(y))
         g = feats.geometry
+        x, y, note = _into_grid(g, x, y)
+        query = Pixel(float(x), float(y))
         index = query_index(feats, query)
         row, col = divmod(index, g.cols)
-        where = f"pixel ({int(x)}, {int(y)}) = patch {index} (row {row}, col {col})"
+        where = f"pixel ({int(x)}, {int(y)}) = patch {index} (row {row}, col {col}){note}"
     session.query = (slot, x, y)
     if target == OTHER:
         other = "B" if slot == "A" else "A"
@@ -481,6 +482,16 @@ def similarity(engine: Engine, session: Session, settings: Settings, slot: str, 
         over = f"image {slot}"
     ms = (time.perf_counter() - started) * 1000
     return session, picture, f"similarity to {where} of image {slot}, over {over} ({ms:.0f} ms)"
+
+
+def _into_grid(geometry, x, y):
+    """A click in the thin right/bottom margin that native resolution leaves uncovered goes to the nearest patch."""
+    x, y = float(x), float(y)
+    w, h = geometry.image_size
+    cw, ch = geometry.covered
+    if 0 <= x < w and 0 <= y < h and not (x < cw and y < ch):
+        return min(x, cw - 1), min(y, ch - 1), " (nearest patch: the margin is not covered)"
+    return x, y, ""
 
 
 def pca(engine: Engine, session: Session, settings: Settings, *, components="1,2,3", foreground: bool = False,
