@@ -340,3 +340,45 @@ def test_guarded_wrapper_keeps_outputs_and_reports(engine):
     assert {"similarity_at", "pca", "norms", "attention", "match"} <= set(fns)
     result = fns["pca"].fn(ui.Session(), engine.default_label, "native", -1, "1,2,3", False, False, "viridis")
     assert result[-1].startswith("error: load image A first")
+
+
+def test_cli_ui_serves_prints_its_address_and_stops_on_ctrl_c(tiny_model_dir, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parent.parent / "src"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]),
+               GRADIO_ANALYTICS_ENABLED="False", GRADIO_TEMP_DIR=str(tmp_path / "gradio"))
+    proc = subprocess.Popen([sys.executable, "-m", "dinoscope", "ui", "--port", "0", "--model", str(tiny_model_dir),
+                             "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 90
+        line = ""
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if line.startswith("dinoscope explorer: ") or proc.poll() is not None:
+                break
+        assert line.startswith("dinoscope explorer: http://127.0.0.1:"), (line, proc.poll())
+        url = line.split()[2]
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert response.status == 200 and b"dinoscope" in response.read()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            rc = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert rc in (0, 130), proc.stderr.read()[-2000:]
+
+
+def test_cli_ui_without_gradio_or_bad_port_is_one_line(monkeypatch, capsys):
+    from dinoscope.cli import main
+
+    assert main(["ui", "--port", "70000"]) == 2
+    assert "--port" in capsys.readouterr().err

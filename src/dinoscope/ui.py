@@ -729,10 +729,12 @@ def build_app(model: str | os.PathLike = DEFAULT_MODEL, *, engine: Engine | None
 
         for name in SLOTS:
             pickers[name].input(guarded(lambda sess, sample, n=name: load_sample(engine, sess, sample, n), 2),
-                                [session, pickers[name]], [session, displays[name], status], concurrency_limit=4)
+                                [session, pickers[name]], [session, displays[name], status], concurrency_limit=4,
+                                api_name=f"sample_{name.lower()}")
             uploads[name].upload(
                 guarded(lambda sess, path, n=name: load_upload(engine, sess, path, n, upload_root), 2),
-                [session, uploads[name]], [session, displays[name], status], concurrency_limit=4)
+                [session, uploads[name]], [session, displays[name], status], concurrency_limit=4,
+                api_name=f"upload_{name.lower()}")
             if name in urls:
                 urls[name].submit(guarded(lambda sess, url, n=name: load_url(engine, sess, url, n), 2),
                                   [session, urls[name]], [session, displays[name], status], concurrency_limit=2)
@@ -832,7 +834,11 @@ def launch(model: str | os.PathLike = DEFAULT_MODEL, *, host: str = "127.0.0.1",
         threading.Thread(target=_try, args=(engine.backbone, engine.default_label), daemon=True,
                          name="dinoscope-warm").start()
     app.queue(max_size=64, default_concurrency_limit=2)
-    app.launch(server_name=host, server_port=port or None, prevent_thread_lock=True, quiet=quiet, ssr_mode=False,
+    if not port:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((host, 0))
+            port = probe.getsockname()[1]
+    app.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=quiet, ssr_mode=False,
                max_file_size=engine.max_upload_bytes, allowed_paths=[os.fspath(engine.workdir)],
                footer_links=[], show_error=False)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
