@@ -211,7 +211,8 @@ class Engine:
 
         self.default_model = os.fspath(model)
         choices = dict(models) if models is not None else {**{self._label(DEFAULT_MODEL): DEFAULT_MODEL},
-                                                            **{name: name for name in MODELS}}
+                                                            **{name: name for name, spec in MODELS.items()
+                                                               if spec.hub_id != DEFAULT_MODEL}}
         if self.default_model not in choices.values():
             choices = {self._label(self.default_model): self.default_model, **choices}
         self.models = choices  # label shown -> source loaded; users can only pick from these
@@ -257,6 +258,14 @@ class Engine:
 
     def close(self) -> None:
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def session_folder(self, session) -> str:
+        """The session's own temp folder (made on first use; removed when the tab's state is deleted)."""
+        if not isinstance(session, Session):
+            return os.fspath(self.workdir)
+        if not session.folder or not os.path.isdir(session.folder):
+            session.folder = tempfile.mkdtemp(prefix="session-", dir=self.workdir)
+        return session.folder
 
     # -- models and features
 
@@ -569,8 +578,7 @@ def downloads(engine: Engine, session: Session, settings: Settings) -> tuple[lis
     """Write the features of the loaded images (and the last matches) into the session's temp dir."""
     if not any(session.slots.values()):
         raise InputError("load an image first")
-    folder = Path(session.folder) if session.folder else Path(tempfile.mkdtemp(prefix="session-", dir=engine.workdir))
-    session.folder = os.fspath(folder)
+    folder = Path(engine.session_folder(session))
     paths = []
     for name in SLOTS:
         s = session.slots.get(name)
@@ -638,7 +646,8 @@ def build_app(model: str | os.PathLike = DEFAULT_MODEL, *, engine: Engine | None
     def new_session():
         return Session()
 
-    with gr.Blocks(title="dinoscope explorer", analytics_enabled=False) as app:
+    # Gradio keeps a copy of every picture it serves: drop copies older than an hour, checking every 10 minutes
+    with gr.Blocks(title="dinoscope explorer", analytics_enabled=False, delete_cache=(600, 3600)) as app:
         session = gr.State(value=new_session, delete_callback=_delete_session)
         gr.Markdown("## dinoscope explorer\nPick or upload an image, then click on it: the map shows how similar "
                     "every patch is to the one you clicked.")
@@ -658,7 +667,7 @@ def build_app(model: str | os.PathLike = DEFAULT_MODEL, *, engine: Engine | None
                                                         elem_id=f"upload-{name.lower()}")
                     if engine.allow_urls:
                         urls[name] = gr.Textbox(label=f"Image {name} URL (Enter to load)", elem_id=f"url-{name.lower()}")
-                    displays[name] = gr.Image(type="pil", format="jpeg", interactive=False, label=f"Image {name} (click)",
+                    displays[name] = gr.Image(type="filepath", interactive=False, label=f"Image {name} (click)",
                                               elem_id=f"image-{name.lower()}", buttons=["fullscreen"])
         with gr.Tabs():
             with gr.Tab("Similarity", id="similarity"):
@@ -668,7 +677,7 @@ def build_app(model: str | os.PathLike = DEFAULT_MODEL, *, engine: Engine | None
                     sim_cmap = gr.Dropdown(CMAPS, value="turbo", label="Colormap", elem_id="sim-cmap")
                     cls_a = gr.Button("CLS query (image A)", elem_id="cls-a")
                     cls_b = gr.Button("CLS query (image B)", elem_id="cls-b")
-                sim_out = gr.Image(type="pil", format="png", interactive=False, label="Similarity",
+                sim_out = gr.Image(type="filepath", interactive=False, label="Similarity",
                                    elem_id="sim-out", buttons=["download", "fullscreen"])
                 # API-only twin of the click (benchmarks and scripted clients): slot, x, y
                 with gr.Row(visible=False):
@@ -683,7 +692,7 @@ def build_app(model: str | os.PathLike = DEFAULT_MODEL, *, engine: Engine | None
                     both = gr.Checkbox(label="A and B with one basis", elem_id="pca-both")
                     pca_cmap = gr.Dropdown(CMAPS, value="viridis", label="Colormap (one component)")
                     pca_btn = gr.Button("Draw PCA", variant="primary", elem_id="pca-go")
-                pca_out = gr.Image(type="pil", format="png", interactive=False, label="PCA", elem_id="pca-out",
+                pca_out = gr.Image(type="filepath", interactive=False, label="PCA", elem_id="pca-out",
                                    buttons=["download", "fullscreen"])
             with gr.Tab("Norms", id="norms"):
                 with gr.Row():
@@ -691,7 +700,7 @@ def build_app(model: str | os.PathLike = DEFAULT_MODEL, *, engine: Engine | None
                     norm_alpha = gr.Slider(0, 1, value=0.0, step=0.05, label="Opacity over the photo")
                     norm_cmap = gr.Dropdown(CMAPS, value="inferno", label="Colormap")
                     norm_btn = gr.Button("Draw norms", variant="primary", elem_id="norms-go")
-                norm_out = gr.Image(type="pil", format="png", interactive=False, label="Norms", elem_id="norms-out",
+                norm_out = gr.Image(type="filepath", interactive=False, label="Norms", elem_id="norms-out",
                                     buttons=["download", "fullscreen"])
             with gr.Tab("Attention", id="attention"):
                 gr.Markdown("Attention of the last patch you clicked in that image (or of CLS), ViT models only.")
@@ -699,7 +708,7 @@ def build_app(model: str | os.PathLike = DEFAULT_MODEL, *, engine: Engine | None
                     att_slot = gr.Radio(list(SLOTS), value="A", label="Image")
                     att_heads = gr.Checkbox(value=True, label="One panel per head")
                     att_btn = gr.Button("Draw attention", variant="primary", elem_id="attention-go")
-                att_out = gr.Image(type="pil", format="png", interactive=False, label="Attention",
+                att_out = gr.Image(type="filepath", interactive=False, label="Attention",
                                    elem_id="attention-out", buttons=["download", "fullscreen"])
             with gr.Tab("Matching", id="matching"):
                 with gr.Row():
@@ -707,7 +716,7 @@ def build_app(model: str | os.PathLike = DEFAULT_MODEL, *, engine: Engine | None
                     top_k = gr.Slider(0, 800, value=50, step=10, label="Top-k pairs (0 = up to 800 sampled)",
                                       elem_id="top-k")
                     match_btn = gr.Button("Match A and B", variant="primary", elem_id="match-go")
-                match_out = gr.Image(type="pil", format="png", interactive=False, label="Matches",
+                match_out = gr.Image(type="filepath", interactive=False, label="Matches",
                                      elem_id="match-out", buttons=["download", "fullscreen"])
             with gr.Tab("Downloads", id="downloads"):
                 gr.Markdown("Pictures: the download button on each picture. Features of the loaded images "
@@ -718,31 +727,32 @@ def build_app(model: str | os.PathLike = DEFAULT_MODEL, *, engine: Engine | None
         common = [model_dd, res_dd, layer_nb]
         skip = gr.skip
 
-        def guarded(fn, n_out):
+        def guarded(fn, n_out, photo=False):
             """Run a callback; on error keep every output as it was and show the message."""
             def run(*args):
                 try:
-                    return fn(*args)
+                    return deliver(engine, args[0], fn(*args), photo=photo)
                 except Exception as exc:  # noqa: BLE001 - the page must keep working whatever happened
                     return tuple(skip() for _ in range(n_out)) + (_message(exc),)
             return run
 
         for name in SLOTS:
-            pickers[name].input(guarded(lambda sess, sample, n=name: load_sample(engine, sess, sample, n), 2),
+            pickers[name].input(guarded(lambda sess, sample, n=name: load_sample(engine, sess, sample, n), 2, True),
                                 [session, pickers[name]], [session, displays[name], status], concurrency_limit=4,
                                 api_name=f"sample_{name.lower()}")
             uploads[name].upload(
-                guarded(lambda sess, path, n=name: load_upload(engine, sess, path, n, upload_root), 2),
+                guarded(lambda sess, path, n=name: load_upload(engine, sess, path, n, upload_root), 2, True),
                 [session, uploads[name]], [session, displays[name], status], concurrency_limit=4,
                 api_name=f"upload_{name.lower()}")
             if name in urls:
-                urls[name].submit(guarded(lambda sess, url, n=name: load_url(engine, sess, url, n), 2),
+                urls[name].submit(guarded(lambda sess, url, n=name: load_url(engine, sess, url, n), 2, True),
                                   [session, urls[name]], [session, displays[name], status], concurrency_limit=2)
 
             def on_select(sess, m, r, l, tgt, a, c, evt, n=name):
                 try:
                     x, y = evt.index[0], evt.index[1]
-                    return similarity(engine, sess, settings(m, r, l), n, x, y, target=tgt, alpha=a, cmap=c)
+                    return deliver(engine, sess, similarity(engine, sess, settings(m, r, l), n, x, y, target=tgt,
+                                                            alpha=a, cmap=c))
                 except Exception as exc:  # noqa: BLE001
                     return skip(), skip(), _message(exc)
 
@@ -805,6 +815,48 @@ def build_app(model: str | os.PathLike = DEFAULT_MODEL, *, engine: Engine | None
 
     app.dinoscope_engine = engine
     return app
+
+
+KEEP_PICTURES = 8  # per session: Gradio has its own copy once it has answered
+
+
+def deliver(engine: Engine, session, result, photo: bool = False):
+    """Write the result's pictures as fast PNGs into the session folder and hand Gradio their paths.
+
+    Gradio would encode a returned PIL picture itself with zlib level 6: ~150 ms for 640x480
+    on a 2-core CPU, more than everything else a click costs. Level 1 takes ~20 ms for files
+    ~15% larger; the pixels are the same (PNG is lossless).
+    """
+    from PIL import Image
+
+    if not isinstance(result, tuple):
+        return result
+    folder = None
+    out = []
+    for item in result:
+        if isinstance(item, Image.Image):
+            if folder is None:
+                folder = engine.session_folder(session)
+            fd, tmp = tempfile.mkstemp(prefix="picture-", suffix=".jpg" if photo else ".png", dir=folder)
+            with os.fdopen(fd, "wb") as fh:
+                if photo:  # the photo to click on: what it looks like matters, not its exact pixels
+                    item.save(fh, format="JPEG", quality=90)
+                else:
+                    item.save(fh, format="PNG", compress_level=1)
+            out.append(tmp)
+        else:
+            out.append(item)
+    if folder is not None:
+        def age(p):
+            try:
+                return p.stat().st_mtime
+            except OSError:
+                return 0.0
+
+        old = sorted(Path(folder).glob("picture-*"), key=age)
+        for stale in old[:-KEEP_PICTURES]:
+            stale.unlink(missing_ok=True)
+    return tuple(out)
 
 
 def _try(fn, *args):
