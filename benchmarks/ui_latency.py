@@ -78,8 +78,8 @@ def main() -> None:
     image.save(photo)
     with served(model, device="cpu", warm=False) as (app, url):
         client = Client(url, verbose=False)
-        client.predict(handle_file(str(photo)), api_name="/upload_a")
         label = app.dinoscope_engine.default_label
+        client.predict(handle_file(str(photo)), label, "native", -1, api_name="/upload_a")
         client.predict("A", 320, 240, label, "native", -1, ui.SAME, 0.55, "turbo", api_name="/similarity_at")
         http_ms = []
         for _ in range(args.clicks):

@@ -77,14 +77,14 @@ def main() -> None:
             rng = random.Random(i)
             client = Client(url, verbose=False)
             photos = 0
-            timed("upload (forward pass)", lambda: client.predict(handle_file(new_photo(i, photos)), api_name="/upload_a"))
+            timed("new photo (+ forward)", lambda: client.predict(handle_file(new_photo(i, photos)), *common, api_name="/upload_a"))
             step = 0
             while time.monotonic() < stop_at:
                 step += 1
                 if step % 40 == 0:
                     photos += 1
-                    timed("upload (forward pass)",
-                          lambda: client.predict(handle_file(new_photo(i, photos)), api_name="/upload_a"))
+                    timed("new photo (+ forward)",
+                          lambda: client.predict(handle_file(new_photo(i, photos)), *common, api_name="/upload_a"))
                 elif step % 10 == 0:
                     if rng.random() < 0.5:
                         timed("pca", lambda: client.predict(*common, "1,2,3", False, False, "viridis", api_name="/pca"))
@@ -104,7 +104,7 @@ def main() -> None:
         engine = app.dinoscope_engine
         # the server still answers after the run
         t = time.perf_counter()
-        Client(url, verbose=False).predict("chelsea", api_name="/sample_a")
+        Client(url, verbose=False).predict("chelsea", *common, api_name="/sample_a")
         after_ms = (time.perf_counter() - t) * 1000
         passes = engine.forward_passes
 

@@ -382,3 +382,13 @@ def test_cli_ui_without_gradio_or_bad_port_is_one_line(monkeypatch, capsys):
 
     assert main(["ui", "--port", "70000"]) == 2
     assert "--port" in capsys.readouterr().err
+
+
+def test_loading_with_settings_runs_the_forward_pass_so_the_first_click_is_instant(engine):
+    s = ui.Session()
+    s, _, msg = ui.load_sample(engine, s, "chelsea", "A", _settings(engine))
+    assert "features ready" in msg and engine.forward_passes == 1
+    ui.similarity(engine, s, _settings(engine), "A", 5, 5)
+    assert engine.forward_passes == 1
+    s, _, msg = ui.load_sample(engine, s, "coffee", "B", ui.Settings(engine.default_label, "native", 42))
+    assert s.slots["B"].label == "coffee" and "layer 42 does not exist" in msg  # loaded anyway, reason shown

@@ -440,22 +440,32 @@ def _set_slot(session: Session | None, name: str, slot: Slot) -> Session:
     return session
 
 
-def load_sample(engine: Engine, session, name: str, slot: str = "A"):
-    s = engine.load_sample(name)
+def _loaded(engine: Engine, session, slot: str, s: Slot, what: str, settings: Settings | None):
+    """Put the image in the session; with settings, run its forward pass now so the first click is instant."""
     session = _set_slot(session, slot, s)
-    return session, s.image, f"image {slot}: sample {name} ({s.image.width}x{s.image.height}); click on it"
+    message = f"image {slot}: {what} ({s.image.width}x{s.image.height}); click on it"
+    if settings is not None:
+        started = time.perf_counter()
+        try:
+            engine.features(settings.model, s, settings.resolution, settings.layer)
+            message += f" (features ready in {time.perf_counter() - started:.1f} s)"
+        except DinoscopeError as exc:  # the image is loaded all the same; the message says why no features yet
+            message += f"; {exc}"
+    return session, s.image, message
 
 
-def load_upload(engine: Engine, session, path, slot: str = "A", allowed_root=None):
+def load_sample(engine: Engine, session, name: str, slot: str = "A", settings: Settings | None = None):
+    return _loaded(engine, session, slot, engine.load_sample(name), f"sample {name}", settings)
+
+
+def load_upload(engine: Engine, session, path, slot: str = "A", allowed_root=None, settings: Settings | None = None):
     s = engine.load_upload(path, allowed_root)
-    session = _set_slot(session, slot, s)
-    return session, s.image, f"image {slot}: {s.label} ({s.image.width}x{s.image.height}); click on it"
+    return _loaded(engine, session, slot, s, s.label, settings)
 
 
-def load_url(engine: Engine, session, url: str, slot: str = "A"):
+def load_url(engine: Engine, session, url: str, slot: str = "A", settings: Settings | None = None):
     s = engine.load_url(url)
-    session = _set_slot(session, slot, s)
-    return session, s.image, f"image {slot}: {s.label} ({s.image.width}x{s.image.height}); click on it"
+    return _loaded(engine, session, slot, s, s.label, settings)
 
 
 def similarity(engine: Engine, session: Session, settings: Settings, slot: str, x=None, y=None, *,
@@ -737,16 +747,18 @@ def build_app(model: str | os.PathLike = DEFAULT_MODEL, *, engine: Engine | None
             return run
 
         for name in SLOTS:
-            pickers[name].input(guarded(lambda sess, sample, n=name: load_sample(engine, sess, sample, n), 2, True),
-                                [session, pickers[name]], [session, displays[name], status], concurrency_limit=4,
-                                api_name=f"sample_{name.lower()}")
-            uploads[name].upload(
-                guarded(lambda sess, path, n=name: load_upload(engine, sess, path, n, upload_root), 2, True),
-                [session, uploads[name]], [session, displays[name], status], concurrency_limit=4,
+            pickers[name].input(guarded(lambda sess, sample, m, r, l, n=name: load_sample(
+                engine, sess, sample, n, settings(m, r, l)), 2, True),
+                [session, pickers[name], *common], [session, displays[name], status], concurrency_limit=4,
+                api_name=f"sample_{name.lower()}")
+            uploads[name].upload(guarded(lambda sess, path, m, r, l, n=name: load_upload(
+                engine, sess, path, n, upload_root, settings(m, r, l)), 2, True),
+                [session, uploads[name], *common], [session, displays[name], status], concurrency_limit=4,
                 api_name=f"upload_{name.lower()}")
             if name in urls:
-                urls[name].submit(guarded(lambda sess, url, n=name: load_url(engine, sess, url, n), 2, True),
-                                  [session, urls[name]], [session, displays[name], status], concurrency_limit=2)
+                urls[name].submit(guarded(lambda sess, url, m, r, l, n=name: load_url(
+                    engine, sess, url, n, settings(m, r, l)), 2, True),
+                    [session, urls[name], *common], [session, displays[name], status], concurrency_limit=2)
 
             def on_select(sess, m, r, l, tgt, a, c, evt, n=name):
                 try:
