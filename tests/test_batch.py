@@ -55,7 +55,8 @@ def test_extract_batch_progress_counts_images(tiny_backbone):
 def test_cli_extract_many_images(tiny_model_dir, tmp_path):
     out = tmp_path / "feats"
     r = subprocess.run([sys.executable, "-m", "dinoscope", "extract", "sample:chelsea", "sample:coffee",
-                        "sample:chelsea", "-m", str(tiny_model_dir), "-o", str(out), "--no-cache", "-b", "2"],
+                        "sample:chelsea", "-m", str(tiny_model_dir), "-o", str(out), "--no-cache", "-b", "2",
+                        "--progress"],
                        capture_output=True, text=True, timeout=600, env=cli_env(PYTHONPATH=SRC))
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in out.iterdir()) == ["chelsea.safetensors", "chelsea_2.safetensors",

@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,7 +148,7 @@ class FeatureCache:
         path = self.path(key)
         entry = replace(features, extra={**features.extra, "cache_key": key.digest})
         try:
-            _save_atomic(entry, path)
+            entry.save(path)  # atomic: concurrent writers of one entry each leave a whole file
         except (OSError, InputError) as exc:
             self._write_failed = True
             log.warning(f"the feature cache in {self.folder} cannot be written ({exc}); continuing without it")
@@ -201,20 +200,3 @@ def _consistent(features) -> bool:
     p = features.patches
     return (p.ndim == 3 and tuple(p.shape[:2]) == (g.rows, g.cols) and features.cls.shape == (p.shape[-1],)
             and features.registers.ndim == 2)
-
-
-def _save_atomic(features, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem[:16]}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        tensors = {"cls": features.cls.contiguous(), "registers": features.registers.contiguous(),
-                   "patches": features.patches.contiguous()}
-        save_file(tensors, tmp, metadata=features.metadata())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise

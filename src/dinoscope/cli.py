@@ -6,6 +6,7 @@ errors answer at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -57,8 +58,11 @@ def _extractor(model, device, dtype, resolution, max_tokens, max_pixels, layer, 
                cache_dir=None, batch_size=8):
     from .features import Extractor
     from .geometry import Resolution
+    from .models.loading import resolve_device, resolve_dtype
 
     policy = Resolution.parse(resolution, max_tokens=max_tokens or None)
+    resolve_device(device)  # an unusable device or dtype fails now, even when every image is in the cache
+    resolve_dtype(dtype)
     return Extractor(model, device=device, dtype=dtype, resolution=policy, layer=layer, normed=not prenorm,
                      max_pixels=max_pixels, cache=_cache(no_cache, cache_dir), batch_size=batch_size)
 
@@ -292,7 +296,9 @@ def extract(
     layer: LayerOpt = -1, prenorm: PrenormOpt = False, no_cache: NoCacheOpt = False, cache_dir: CacheDirOpt = None,
     out: OutOpt = DEFAULTS["out"],
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images of one input size per forward pass.")] = 8,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+    progress: Annotated[Optional[bool], typer.Option(
+        "--progress/--no-progress", help="Show a progress bar on stderr (default: when stderr is a terminal).",
+        show_default=False)] = None,
     debug: DebugOpt = False,
 ):
     """Write each image's tokens to OUT/<name>.safetensors (keys cls, registers, patches; geometry in the metadata).
@@ -306,6 +312,8 @@ def extract(
     extractor = _extractor(model, device, dtype, resolution, max_tokens, max_pixels, layer, prenorm, no_cache,
                            cache_dir, batch_size)
     names = _unique_stems(images)
+    if progress is None:
+        progress = sys.stderr.isatty()
     bar = _progress_bar(len(images), "extracting") if progress else None
     started = time.perf_counter()
     try:
@@ -480,20 +488,30 @@ def ui(
         app_.dinoscope_engine.close()
 
 
+@contextlib.contextmanager
+def _notices_on_stderr():
+    """Library notices (logger "dinoscope") as "dinoscope: ..." lines on stderr for the run, then as before."""
+    logger = logging.getLogger("dinoscope")
+    saved = logger.handlers[:], logger.level, logger.propagate
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("dinoscope: %(message)s"))
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one-line errors and exit code 2 for bad input; tracebacks only with --debug."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("DINOSCOPE_DEBUG") == "1"
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("dinoscope: %(message)s"))
-    logger = logging.getLogger("dinoscope")
-    logger.handlers[:] = [handler]
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
     from .files import sigterm_as_interrupt
 
     try:
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt(), _notices_on_stderr():
             code = typer.main.get_command(app).main(args=args, prog_name="dinoscope", standalone_mode=False)
         # typer reports Ctrl-C (and explicit exits) as a returned exit code when not standalone
         if isinstance(code, int) and not isinstance(code, bool) and code != 0:

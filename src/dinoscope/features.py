@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from .errors import InputError
 from .geometry import Geometry, Resolution
+
+if TYPE_CHECKING:
+    import torch
+
 
 log = logging.getLogger("dinoscope")
 

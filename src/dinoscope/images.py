@@ -17,6 +17,7 @@ import codecs
 import contextlib
 import errno
 import hashlib
+import http.client
 import io
 import os
 import re
@@ -26,7 +27,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import http.client
 from pathlib import Path
 from typing import Any, BinaryIO
 

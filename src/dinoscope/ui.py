@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import DinoscopeError, InputError, ModelError
+from .errors import DinoscopeError, InputError
 
 log = logging.getLogger("dinoscope")
 

@@ -7,8 +7,12 @@ from the block's own projections, so no second model load and no T x T matrix.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
 
 def patch_norms(features) -> "torch.Tensor":
     """L2 norm of every patch token, (rows, cols)."""

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 from ..errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+
 
 CLS = -1  # the query index that means the CLS token
 
