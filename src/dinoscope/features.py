@@ -72,17 +72,15 @@ class Features:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Features":
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         try:
             with safe_open(os.fspath(path), framework="pt") as f:
                 meta = f.metadata() or {}
                 tensors = {k: f.get_tensor(k) for k in ("cls", "registers", "patches")}
             geometry = Geometry.from_json(meta["geometry"])
-        except (OSError, KeyError, ValueError, RuntimeError) as exc:  # safetensors raises several kinds on bad files
+        except (OSError, KeyError, ValueError, RuntimeError, SafetensorError) as exc:
             raise InputError(f"{path} is not a dinoscope features file ({exc}); write one with `dinoscope extract`") from exc
-        except Exception as exc:  # SafetensorError does not derive from a common base we can name portably
-            raise InputError(f"{path} is not a readable features file ({type(exc).__name__}); write one with `dinoscope extract`") from exc
         return cls(tensors["cls"], tensors["registers"], tensors["patches"], geometry,
                    model=meta.get("model", ""), revision=meta.get("revision", ""), dtype=meta.get("dtype", "float32"),
                    layer=int(meta.get("layer", -1)), normed=meta.get("normed", "true") == "true",

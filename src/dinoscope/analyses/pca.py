@@ -141,13 +141,14 @@ class PCABasis:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "PCABasis":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
             t = load_file(os.fspath(path))
             return cls(t["mean"], t["scale"], t["components"], t["low"], t["high"], t["variance"], t.get("foreground"))
-        except Exception as exc:  # safetensors' own error type is not importable portably
-            raise InputError(f"{path} is not a PCA basis file ({type(exc).__name__}); save one with --save-pca") from exc
+        except (OSError, KeyError, ValueError, RuntimeError, SafetensorError) as exc:
+            raise InputError(f"{path} is not a PCA basis file ({type(exc).__name__}); save one with `dinoscope pca --save-pca-basis FILE`") from exc
 
 
 def pca_rgb(features, basis: PCABasis | None = None, *, foreground_only: bool = False) -> "torch.Tensor":
