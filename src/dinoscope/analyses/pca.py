@@ -148,7 +148,8 @@ class PCABasis:
             t = load_file(os.fspath(path))
             return cls(t["mean"], t["scale"], t["components"], t["low"], t["high"], t["variance"], t.get("foreground"))
         except (OSError, KeyError, ValueError, RuntimeError, SafetensorError) as exc:
-            raise InputError(f"{path} is not a PCA basis file ({type(exc).__name__}); save one with `dinoscope pca --save-pca-basis FILE`") from exc
+            raise InputError(f"{path} is not a PCA basis file ({type(exc).__name__}); "
+                             "save one with `dinoscope pca --save-pca-basis FILE`") from exc
 
 
 def pca_rgb(features, basis: PCABasis | None = None, *, foreground_only: bool = False) -> "torch.Tensor":
