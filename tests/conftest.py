@@ -90,3 +90,37 @@ def cli_env(hf_home: Path | None = None, **extra) -> dict:
 def _private_feature_cache(tmp_path_factory, monkeypatch):
     """Keep the CLI's default feature cache out of the user's home during tests."""
     monkeypatch.setenv("DINOSCOPE_CACHE", str(tmp_path_factory.getbasetemp() / "dinoscope-cache"))
+
+
+def build_pixel_vit():
+    """A one-block DINOv3 ViT whose patch tokens are the (normalised) pixels of their own patch.
+
+    The patch embedding is an identity over the 3x16x16 patch, the block's residual branches are
+    scaled to zero, and extraction without the final norm returns the embeddings: a model whose
+    features have a known answer, run through the real extraction path.
+    """
+    import torch
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+    cfg = DINOv3ViTConfig(hidden_size=768, intermediate_size=8, num_attention_heads=12, num_hidden_layers=1,
+                          num_register_tokens=4, patch_size=16)
+    model = DINOv3ViTModel(cfg).eval()
+    with torch.no_grad():
+        conv = model.embeddings.patch_embeddings
+        conv.weight.zero_()
+        conv.bias.zero_()
+        for k in range(768):
+            c, rest = divmod(k, 256)
+            i, j = divmod(rest, 16)
+            conv.weight[k, c, i, j] = 1.0
+        for name, p in model.named_parameters():
+            if "layer_scale" in name:
+                p.zero_()
+    return model
+
+
+@pytest.fixture(scope="session")
+def pixel_backbone():
+    from dinoscope.models.loading import describe
+
+    return describe(build_pixel_vit(), source="pixel-model", revision="test")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 
 try:
     import dinoscope.images  # noqa: F401
@@ -269,6 +269,15 @@ def test_palette_without_transparency(tmp_path):
     assert out.getpixel((0, 0)) == (10, 200, 30)
 
 
+def test_palette_with_rgba_palette():
+    image = Image.new("P", (4, 4), 0)
+    image.putpalette([255, 0, 0, 0, 0, 255, 0, 255], rawmode="RGBA")
+    image.putpixel((1, 1), 1)
+    out = load_image(image)
+    assert out.getpixel((0, 0)) == (255, 255, 255)
+    assert out.getpixel((1, 1)) == (0, 255, 0)
+
+
 def test_grey_l_and_la(tmp_path):
     grey = Image.new("L", (5, 3), 77)
     assert load_image(write(tmp_path, "l.png", encode(grey, "PNG"))).getpixel((0, 0)) == (77, 77, 77)
@@ -402,6 +411,12 @@ def test_exif_orientation(tmp_path, orientation):
     for name, xy in centres.items():
         expected = (255, 0, 0) if name == corner else (0, 0, 255)
         assert close(out.getpixel(xy), expected, 40), (orientation, name, out.getpixel(xy))
+    # Same pixels as Pillow's own ImageOps.exif_transpose, and the tag is used up.
+    with Image.open(path) as raw:
+        assert out.tobytes() == ImageOps.exif_transpose(raw).convert("RGB").tobytes()
+    assert out.getexif().get(0x0112) is None
+    again = load_image(encode(out, "PNG"))
+    assert again.size == out.size
 
 
 def test_exif_orientation_on_png_and_pil_input():
@@ -453,7 +468,7 @@ def test_gif_with_500_frames_is_quick(tmp_path):
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=10)
     start = time.perf_counter()
     out = load_image(path)
-    assert time.perf_counter() - start < 1.0
+    assert time.perf_counter() - start < 2.0  # about 5 ms: later frames are never read
     assert out.getpixel((0, 0)) == (0, 255, 0)
 
 
@@ -470,7 +485,7 @@ def test_huge_declared_png_refused_fast(tmp_path):
     assert path.stat().st_size < 200
     start = time.perf_counter()
     message = refused(path, "--max-pixels")
-    assert time.perf_counter() - start < 0.5
+    assert time.perf_counter() - start < 1.0  # decoding 1.6 G pixels would take minutes and 6 GB
     assert "bomb.png" in message
     assert "1,600,000,000" in message or "40000x40000" in message
 
@@ -482,7 +497,7 @@ def test_declared_size_over_our_limit_below_pillows(tmp_path):
     start = time.perf_counter()
     message = refused(crafted_png(11000, 10000), "11000x10000")
     assert "--max-pixels" in message and "100,000,000" in message
-    assert time.perf_counter() - start < 0.5
+    assert time.perf_counter() - start < 1.0
 
 
 def test_pillow_bomb_warning_as_error_is_input_error():
@@ -613,6 +628,8 @@ def test_fifo_is_not_read(tmp_path):
         (b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n", "PDF"),
         (bytes(range(256)) * 4, "not an image"),
         (b"\x89PNG\r\n\x1a\n", None),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "starts like a PNG"),
+        (b"caf\xc3\xa9 au lait, " * 60, "text file"),
         (b"\xff\xd8\xff", None),
         (b"GIF89a", None),
         (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", None),
@@ -633,7 +650,15 @@ def test_messages_are_one_line_even_for_odd_paths(tmp_path):
 
 
 def test_path_with_nul_byte():
-    refused("bad\x00name.jpg")
+    message = refused("bad\x00name.jpg", "not a valid file path")
+    assert "\x00" not in message
+    refused("~\x00name.jpg", "not a valid file path")
+
+
+def test_image_digest_of_damaged_pil_image(photo):
+    data = encode(photo, "PNG")
+    with pytest.raises(InputError):
+        image_digest(Image.open(io.BytesIO(data[: len(data) // 2])))
 
 
 # ---------------------------------------------------------------------------

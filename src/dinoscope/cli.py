@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -29,7 +30,27 @@ app = typer.Typer(
 ImageArg = Annotated[Optional[str], typer.Argument(
     help="Image path, http(s) URL or sample:NAME (chelsea, coffee, astronaut). Default: sample:chelsea.",
     show_default=False)]
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Hub id or local model folder.")]
+InputsArg = Annotated[Optional[list[str]], typer.Argument(
+    help="Image path, http(s) URL or sample:NAME (chelsea, coffee, astronaut); default sample:chelsea. "
+         "Several images, a folder (searched recursively), a quoted glob ('photos/**/*.jpg') or @LIST.txt "
+         "(one path or URL per line) run as a collection: one output per input under --out, mirroring "
+         "folders, plus OUT/manifest.jsonl.", show_default=False)]
+ResumeOpt = Annotated[bool, typer.Option(
+    "--resume", help="Collections: skip inputs whose outputs are complete and recorded as ok in OUT/manifest.jsonl.")]
+ProgressOpt = Annotated[bool, typer.Option(help="Collections: show a progress bar (images/s) on stderr.")]
+EngineOpt = Annotated[str, typer.Option(
+    "--engine", help="Collections: local (this process) or ray (Ray Data; RAY_ADDRESS picks a cluster, else a "
+                     "local one is started). Needs pip install \"dinoscope[ray]\".")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Images of one input size per forward pass.")]
+PCABasisOpt = Annotated[Optional[Path], typer.Option(
+    "--pca-basis", "--basis", help="Apply this saved PCA basis (same colours across images and runs).",
+    show_default=False)]
+SavePCABasisOpt = Annotated[Optional[Path], typer.Option(
+    "--save-pca-basis", "--save-basis", help="Save the fitted PCA basis to this .safetensors file (a collection "
+                                             "always saves it, by default to OUT/pca_basis.safetensors).",
+    show_default=False)]
+ModelOpt = Annotated[str, typer.Option(
+    "--model", "-m", help="Short name (see `dinoscope models`), hub id, save_pretrained folder, or .pth/.safetensors checkpoint.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32 or bfloat16 (float16 is not offered: DINOv3 overflows in it).")]
 ResolutionOpt = Annotated[str, typer.Option(
@@ -71,13 +92,13 @@ def _cache(no_cache: bool, cache_dir: Optional[Path]):
 
 
 def _stem(source: str | None) -> str:
-    from urllib.parse import urlparse
+    from urllib.parse import unquote, urlparse
 
     if source is None:
         return "chelsea"
     if source.startswith("sample:"):
         return source[len("sample:"):]
-    name = Path(urlparse(source).path if "://" in source else source).stem
+    name = Path(unquote(urlparse(source).path) if "://" in source else source).stem
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._")
     return safe or "image"
 
@@ -119,14 +140,19 @@ def _query(patch: Optional[int], cell: Optional[str], pixel: Optional[str], cls:
 
 @app.command()
 def norms(
-    image: ImageArg = None, model: ModelOpt = DEFAULTS["model"], device: DeviceOpt = "auto", dtype: DtypeOpt = "float32",
+    images: InputsArg = None, model: ModelOpt = DEFAULTS["model"], device: DeviceOpt = "auto", dtype: DtypeOpt = "float32",
     resolution: ResolutionOpt = "native", max_tokens: MaxTokensOpt = 16384, max_pixels: MaxPixelsOpt = 100_000_000,
     layer: LayerOpt = -1, prenorm: PrenormOpt = False, no_cache: NoCacheOpt = False, cache_dir: CacheDirOpt = None, out: OutOpt = DEFAULTS["out"], cmap: CmapOpt = "inferno",
     alpha: Annotated[float, typer.Option(help="Blend the map over the photo with this opacity (0 = map only).")] = 0.0,
+    resume: ResumeOpt = False, progress: ProgressOpt = True, engine: EngineOpt = "local", batch_size: BatchOpt = 8,
     debug: DebugOpt = False,
 ):
     """Feature-norm map: the L2 norm of every patch token, min-max scaled."""
     from .views import norms_view
+
+    if _is_collection(images):
+        return _collection("norms", images, dict(cmap=cmap, alpha=alpha), locals())
+    image = images[0] if images else None
 
     img, feats = _extractor(model, device, dtype, resolution, max_tokens, max_pixels, layer, prenorm, no_cache, cache_dir)(image or "sample:chelsea")
     _save(norms_view(feats, img, cmap=cmap, alpha=alpha), out, f"{_stem(image)}_norms.png")
@@ -134,17 +160,21 @@ def norms(
 
 @app.command()
 def pca(
-    image: ImageArg = None, model: ModelOpt = DEFAULTS["model"], device: DeviceOpt = "auto", dtype: DtypeOpt = "float32",
+    images: InputsArg = None, model: ModelOpt = DEFAULTS["model"], device: DeviceOpt = "auto", dtype: DtypeOpt = "float32",
     resolution: ResolutionOpt = "native", max_tokens: MaxTokensOpt = 16384, max_pixels: MaxPixelsOpt = 100_000_000,
     layer: LayerOpt = -1, prenorm: PrenormOpt = False, no_cache: NoCacheOpt = False, cache_dir: CacheDirOpt = None, out: OutOpt = DEFAULTS["out"], cmap: CmapOpt = "viridis",
     components: Annotated[str, typer.Option(help="Three components for RGB (e.g. 1,2,3) or one for a single map.")] = "1,2,3",
     foreground: Annotated[bool, typer.Option(help="Fit on foreground patches only; background drawn black.")] = False,
-    basis: Annotated[Optional[Path], typer.Option(help="Apply a saved PCA basis (same colours across images).")] = None,
-    save_basis: Annotated[Optional[Path], typer.Option(help="Save the fitted basis to this .safetensors file.")] = None,
+    basis: PCABasisOpt = None, save_basis: SavePCABasisOpt = None,
     smooth: Annotated[bool, typer.Option(help="Interpolate between patch centres.")] = False,
+    resume: ResumeOpt = False, progress: ProgressOpt = True, engine: EngineOpt = "local", batch_size: BatchOpt = 8,
     debug: DebugOpt = False,
 ):
-    """PCA of the patch tokens as colours."""
+    """PCA of the patch tokens as colours.
+
+    A collection gets one basis fitted over all its patches (streaming, bounded memory), so a colour
+    means the same thing in every picture; it is saved to OUT/pca_basis.safetensors.
+    """
     from .analyses import PCABasis
     from .views import pca_view
 
@@ -154,6 +184,12 @@ def pca(
         raise InputError(f"cannot read components {components!r}; write 1-based numbers like 1,2,3 or 4") from None
     if len(picked) not in (1, 3) or min(picked, default=0) < 0:
         raise InputError(f"--components takes one or three 1-based numbers, got {components!r}")
+    if _is_collection(images):
+        if foreground:
+            raise InputError("--foreground is not available for collections yet; fit on one image with --save-basis "
+                             "and apply it with --pca-basis")
+        return _collection("pca", images, dict(cmap=cmap, components=picked, smooth=smooth), locals())
+    image = images[0] if images else None
     fitted = PCABasis.load(basis) if basis is not None else None
     img, feats = _extractor(model, device, dtype, resolution, max_tokens, max_pixels, layer, prenorm, no_cache, cache_dir)(image or "sample:chelsea")
     if fitted is None:
@@ -169,7 +205,7 @@ def pca(
 
 @app.command()
 def similarity(
-    image: ImageArg = None, model: ModelOpt = DEFAULTS["model"], device: DeviceOpt = "auto", dtype: DtypeOpt = "float32",
+    images: InputsArg = None, model: ModelOpt = DEFAULTS["model"], device: DeviceOpt = "auto", dtype: DtypeOpt = "float32",
     resolution: ResolutionOpt = "native", max_tokens: MaxTokensOpt = 16384, max_pixels: MaxPixelsOpt = 100_000_000,
     layer: LayerOpt = -1, prenorm: PrenormOpt = False, no_cache: NoCacheOpt = False, cache_dir: CacheDirOpt = None, out: OutOpt = DEFAULTS["out"], cmap: CmapOpt = "turbo",
     patch: Annotated[Optional[int], typer.Option(help="Query patch index (row-major; -1 = CLS token).")] = None,
@@ -178,6 +214,7 @@ def similarity(
     cls: Annotated[bool, typer.Option("--cls", help="Query with the CLS token.")] = False,
     target: Annotated[Optional[str], typer.Option(help="Draw the map over this second image (cross-image similarity).")] = None,
     alpha: Annotated[float, typer.Option(help="Opacity of the map over the photo.")] = 0.55,
+    resume: ResumeOpt = False, progress: ProgressOpt = True, engine: EngineOpt = "local", batch_size: BatchOpt = 8,
     debug: DebugOpt = False,
 ):
     """Cosine similarity between one query (a patch, a pixel or the CLS token) and every patch.
@@ -187,6 +224,11 @@ def similarity(
     from .views import similarity_view
 
     query = _query(patch, cell, pixel, cls)
+    if _is_collection(images):
+        if target is not None:
+            raise InputError("--target is for one image; a collection takes the query from each image itself")
+        return _collection("similarity", images, dict(cmap=cmap, alpha=alpha, query=query), locals())
+    image = images[0] if images else None
     extractor = _extractor(model, device, dtype, resolution, max_tokens, max_pixels, layer, prenorm, no_cache, cache_dir)
     img, feats = extractor(image or "sample:chelsea")
     if query is None:
@@ -246,18 +288,28 @@ def match(
 
 @app.command(name="all")
 def run_all(
-    image: ImageArg = None,
+    images: InputsArg = None,
     match_with: Annotated[Optional[str], typer.Option("--match", help="Also match against this second image.")] = None,
     model: ModelOpt = DEFAULTS["model"], device: DeviceOpt = "auto", dtype: DtypeOpt = "float32",
     resolution: ResolutionOpt = "native", max_tokens: MaxTokensOpt = 16384, max_pixels: MaxPixelsOpt = 100_000_000,
     layer: LayerOpt = -1, prenorm: PrenormOpt = False, no_cache: NoCacheOpt = False, cache_dir: CacheDirOpt = None, out: OutOpt = DEFAULTS["out"],
     method: MethodOpt = "hungarian", top_k: TopKOpt = 0, max_lines: MaxLinesOpt = 800, seed: SeedOpt = 0,
+    basis: PCABasisOpt = None, save_basis: SavePCABasisOpt = None,
+    resume: ResumeOpt = False, progress: ProgressOpt = True, engine: EngineOpt = "local", batch_size: BatchOpt = 8,
     debug: DebugOpt = False,
 ):
     """Every analysis from one forward pass per image.
 
-    With no image, runs on the bundled sample photos and matches them pairwise.
+    With no image, runs on the bundled sample photos and matches them pairwise. A collection gets
+    norms, PCA (one basis for all), similarity to the centre patch and to CLS for every input.
     """
+    if _is_collection(images):
+        if match_with is not None:
+            raise InputError("--match is for one image; use `dinoscope match` for pairs")
+        return _collection("all", images, {}, locals())
+    image = images[0] if images else None
+    if basis is not None or save_basis is not None:
+        raise InputError("--pca-basis and --save-pca-basis on `all` are for collections; use `dinoscope pca` for one image")
     from .analyses import CLS
     from .views import matches_view, norms_view, pca_view, similarity_view
 
@@ -285,40 +337,116 @@ def run_all(
 
 @app.command()
 def extract(
-    images: Annotated[list[str], typer.Argument(help="Images to extract (paths, URLs or sample:NAME).")],
+    images: Annotated[list[str], typer.Argument(
+        help="Images to extract (paths, URLs or sample:NAME); a folder, a quoted glob or @LIST.txt runs a collection "
+             "(see `dinoscope pca --help`).")],
     model: ModelOpt = DEFAULTS["model"], device: DeviceOpt = "auto", dtype: DtypeOpt = "float32",
     resolution: ResolutionOpt = "native", max_tokens: MaxTokensOpt = 16384, max_pixels: MaxPixelsOpt = 100_000_000,
     layer: LayerOpt = -1, prenorm: PrenormOpt = False, no_cache: NoCacheOpt = False, cache_dir: CacheDirOpt = None,
-    out: OutOpt = DEFAULTS["out"],
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images of one input size per forward pass.")] = 8,
+    out: OutOpt = DEFAULTS["out"], batch_size: BatchOpt = 8,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+    resume: ResumeOpt = False, engine: EngineOpt = "local",
     debug: DebugOpt = False,
 ):
     """Write each image's tokens to OUT/<name>.safetensors (keys cls, registers, patches; geometry in the metadata).
 
-    Images of the same input size are batched; throughput is reported at the end.
+    Images of the same input size are batched; throughput is reported at the end. Several images, a
+    folder, a glob or @LIST.txt also write OUT/manifest.jsonl; with --engine ray the features are
+    written as Parquet shards under OUT/features/.
     """
     import time
 
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    if _is_collection(images):
+        return _collection("extract", images, {}, locals())
     extractor = _extractor(model, device, dtype, resolution, max_tokens, max_pixels, layer, prenorm, no_cache,
                            cache_dir, batch_size)
-    names = _unique_stems(images)
-    bar = _progress_bar(len(images), "extracting") if progress else None
     started = time.perf_counter()
-    try:
-        for name, (_, feats) in zip(names, extractor.iter_many(images, progress=bar.update_to if bar else None)):
-            path = feats.save(out / f"{name}.safetensors")
-            if bar is None:
-                typer.echo(f"wrote {path}")
-    finally:
-        if bar is not None:
-            bar.close()
+    for name, (_, feats) in zip(_unique_stems(images), extractor.iter_many(images)):
+        typer.echo(f"wrote {feats.save(out / f'{name}.safetensors')}")
     elapsed = time.perf_counter() - started
     hits = extractor.cache.hits if extractor.cache is not None else 0
     typer.echo(f"extracted {len(images)} image(s) into {out} in {elapsed:.2f} s: {len(images) / elapsed:.2f} images/s "
                f"({extractor.forward_passes} computed, {hits} from the cache)")
+
+
+def _is_collection(images) -> bool:
+    from .collections import is_collection
+
+    return bool(images) and is_collection(images)
+
+
+class _PhaseBars:
+    """One progress bar per phase of a collection run (fitting PCA, colour range, writing)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.phase, self.bar = enabled, None, None
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if phase != self.phase:
+            self.close()
+            self.phase, self.bar = phase, _progress_bar(total, phase)
+        self.bar.update_to(done, total)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _collection(kind: str, images: list[str], options: dict, given: dict) -> int:
+    """Run a command over a collection; prints the summary line and returns the exit code (1 if any input failed)."""
+    from .collections import Job, expand_inputs, run_collection
+
+    g = given
+    batch_size = g.get("batch_size", 8)
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    engine = (g.get("engine") or "local").strip().lower()
+    if engine not in ("local", "ray"):
+        raise InputError(f"unknown --engine {engine!r}; use local or ray")
+    items = expand_inputs(images)
+    if not items:
+        raise InputError("the inputs name no images; give files, a folder, a glob or @LIST.txt")
+    job = Job(kind, options)
+    if g.get("basis") is not None:
+        from .analyses import PCABasis
+
+        job.basis = PCABasis.load(g["basis"])
+    out = Path(g["out"])
+    extractor = _extractor(g["model"], g["device"], g["dtype"], g["resolution"], g["max_tokens"], g["max_pixels"],
+                           g.get("layer", -1), g.get("prenorm", False), g.get("no_cache", False), g.get("cache_dir"),
+                           batch_size)
+    bars = _PhaseBars(g.get("progress", True))
+    try:
+        if engine == "ray":
+            from .ray_engine import run_on_ray
+
+            summary = run_on_ray(items, extractor, job, out, resume=g.get("resume", False),
+                                 basis_path=g.get("save_basis"), progress=bars)
+        else:
+            summary = run_collection(items, extractor, job, out, resume=g.get("resume", False),
+                                     basis_path=g.get("save_basis"), progress=bars)
+    finally:
+        bars.close()
+    for source, error in summary.failures[:20]:
+        print(f"dinoscope: failed: {error}" if source in error else f"dinoscope: failed: {source}: {error}",
+              file=sys.stderr)
+    if len(summary.failures) > 20:
+        print(f"dinoscope: ... and {len(summary.failures) - 20} more failures (see the manifest)", file=sys.stderr)
+    if summary.basis_path:
+        typer.echo(f"PCA basis: {summary.basis_path}")
+    hits = extractor.cache.hits if extractor.cache is not None and engine == "local" else 0
+    verb = "extracted" if kind == "extract" else "processed"
+    rate = (summary.ok - summary.skipped) / summary.seconds if summary.seconds > 0 else 0.0
+    skipped = f", {summary.skipped} already complete" if summary.skipped else ""
+    typer.echo(f"{verb} {summary.ok} of {summary.total} input(s) into {out} in {summary.seconds:.2f} s: {rate:.2f} "
+               f"images/s ({summary.computed} computed, {hits} from the cache); {summary.failed} failed{skipped}; "
+               f"manifest {summary.manifest}")
+    return summary.exit_code
 
 
 def _unique_stems(sources: list[str]) -> list[str]:
@@ -337,6 +465,7 @@ class _Bar:
 
     def __init__(self, total: int, label: str):
         self.total, self.done, self.label = total, 0, label
+        self._started = time.perf_counter()
         try:
             from tqdm import tqdm
 
@@ -350,7 +479,9 @@ class _Bar:
         if self._tqdm is not None:
             self._tqdm.update(done - self.done)
         else:
-            print(f"\rdinoscope: {self.label} {done}/{self.total}", end="", file=sys.stderr, flush=True)
+            elapsed = max(time.perf_counter() - self._started, 1e-9)
+            print(f"\rdinoscope: {self.label} {done}/{self.total} ({done / elapsed:.2f} images/s)", end="",
+                  file=sys.stderr, flush=True)
         self.done = done
 
     def close(self) -> None:
@@ -364,10 +495,80 @@ def _progress_bar(total: int, label: str) -> _Bar:
     return _Bar(total, label)
 
 
+@app.command()
+def models():
+    """Known models: short names, patch size, width, parameters and the memory each needs."""
+    from .models.registry import HEADROOM, table
+
+    typer.echo(table())
+    typer.echo(f"\nMemory columns: weights x {HEADROOM} headroom. Pass a short name, a hub id, a save_pretrained folder "
+               "or an official .pth/.safetensors checkpoint to --model.")
+
+
+def _layer_list(text: str) -> list[int]:
+    try:
+        picked = [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise InputError(f"cannot read layers {text!r}; write block indices separated by commas, e.g. 3,6,9,-1") from None
+    if not picked:
+        raise InputError("give at least one layer, e.g. --layers 3,6,9,-1")
+    return picked
+
+
+@app.command()
+def layers(
+    image: ImageArg = None, model: ModelOpt = DEFAULTS["model"], device: DeviceOpt = "auto", dtype: DtypeOpt = "float32",
+    resolution: ResolutionOpt = "native", max_tokens: MaxTokensOpt = 16384, max_pixels: MaxPixelsOpt = 100_000_000,
+    layer_list: Annotated[str, typer.Option("--layers", help="Blocks to compare, e.g. 3,6,9,-1 (negative from the end).")] = "0,-1",
+    prenorm: PrenormOpt = False, out: OutOpt = DEFAULTS["out"], cmap: CmapOpt = "inferno",
+    show: Annotated[str, typer.Option("--show", help="pca (colours fitted per layer) or norms.")] = "pca",
+    debug: DebugOpt = False,
+):
+    """Several layers side by side in one picture, from one forward pass."""
+    from .views import layers_view
+
+    if show not in ("pca", "norms"):
+        raise InputError(f"unknown --show {show!r}; use pca or norms")
+    picked = _layer_list(layer_list)
+    extractor = _extractor(model, device, dtype, resolution, max_tokens, max_pixels, -1, prenorm)
+    img, feats = extractor.layers(image or "sample:chelsea", picked)
+    _save(layers_view(feats, img, kind=show, cmap=cmap), out, f"{_stem(image)}_layers_{show}.png")
+
+
+@app.command()
+def attention(
+    image: ImageArg = None, model: ModelOpt = DEFAULTS["model"], device: DeviceOpt = "auto", dtype: DtypeOpt = "float32",
+    resolution: ResolutionOpt = "native", max_tokens: MaxTokensOpt = 16384, max_pixels: MaxPixelsOpt = 100_000_000,
+    layer: LayerOpt = -1, out: OutOpt = DEFAULTS["out"], cmap: CmapOpt = "inferno",
+    patch: Annotated[Optional[int], typer.Option(help="Query patch index (row-major; -1 = CLS token).")] = None,
+    cell: Annotated[Optional[str], typer.Option(help="Query patch as ROW,COL.")] = None,
+    pixel: Annotated[Optional[str], typer.Option(help="Query point as X,Y in original-image pixels.")] = None,
+    cls: Annotated[bool, typer.Option("--cls", help="Query with the CLS token (the default).")] = False,
+    heads: Annotated[bool, typer.Option(help="Draw a panel per head after the mean.")] = True,
+    alpha: Annotated[float, typer.Option(help="Opacity of the maps over the photo.")] = 0.6,
+    debug: DebugOpt = False,
+):
+    """Attention of the CLS token (or a query patch) to every patch in one block, per head and averaged.
+
+    Also prints how much of the attention goes to the register tokens and to CLS.
+    """
+    from .views import attention_view
+
+    query = _query(patch, cell, pixel, cls)
+    extractor = _extractor(model, device, dtype, resolution, max_tokens, max_pixels, layer, False)
+    img, att = extractor.attention(image or "sample:chelsea", -1 if query is None else query)
+    shares = att.shares()
+    who = "CLS" if att.query < 0 else f"patch {att.query}"
+    typer.echo(f"layer {att.layer}, query {who}, {att.heads} heads: {shares['patches']:.1%} of the attention goes to "
+               f"patches, {shares['registers']:.1%} to the {att.registers.shape[-1]} registers, {shares['cls']:.1%} to CLS")
+    if att.registers.shape[-1]:
+        per_head = ", ".join(f"{v:.0%}" for v in att.registers.sum(-1).tolist())
+        typer.echo(f"register share per head: {per_head}")
+    _save(attention_view(att, img, heads=heads, cmap=cmap, alpha=alpha), out, f"{_stem(image)}_attention_L{att.layer}.png")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one-line errors and exit code 2 for bad input; tracebacks only with --debug."""
-    import click
-
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("DINOSCOPE_DEBUG") == "1"
     handler = logging.StreamHandler(sys.stderr)
@@ -376,16 +577,16 @@ def main(argv: list[str] | None = None) -> int:
     logger.handlers[:] = [handler]
     logger.setLevel(logging.INFO)
     logger.propagate = False
+    from .files import sigterm_as_interrupt
+
     try:
-        typer.main.get_command(app).main(args=args, prog_name="dinoscope", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.exceptions.Abort:
-        print("dinoscope: interrupted", file=sys.stderr)
-        return 130
-    except click.ClickException as exc:
-        print(f"dinoscope: error: {exc.format_message()} (see dinoscope --help)", file=sys.stderr)
-        return exc.exit_code
+        with sigterm_as_interrupt():
+            code = typer.main.get_command(app).main(args=args, prog_name="dinoscope", standalone_mode=False)
+        # typer reports Ctrl-C (and explicit exits) as a returned exit code when not standalone
+        if isinstance(code, int) and not isinstance(code, bool) and code != 0:
+            if code == 130:
+                print("dinoscope: interrupted", file=sys.stderr)
+            return code
     except DinoscopeError as exc:
         if debug:
             raise
@@ -394,11 +595,25 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dinoscope: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # an unexpected failure still gets one line; --debug shows where it came from
+    except Exception as exc:
+        # typer vendors click in recent releases, so its exceptions are recognised by shape, not class
+        name = type(exc).__name__
+        if name == "Exit":
+            return getattr(exc, "exit_code", 0)
+        if name == "Abort":
+            print("dinoscope: interrupted", file=sys.stderr)
+            return 130
+        if name == "NoArgsIsHelpError":
+            typer.main.get_command(app).main(args=["--help"], prog_name="dinoscope", standalone_mode=False)
+            return 0
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+            known = typer.main.get_command(app).commands if hasattr(typer.main.get_command(app), "commands") else {}
+            hint = f"dinoscope {args[0]} --help" if args and args[0] in known else "dinoscope --help"
+            print(f"dinoscope: error: {exc.format_message()} (see {hint})", file=sys.stderr)
+            return exc.exit_code
         if debug:
             raise
-        print(f"dinoscope: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
-              file=sys.stderr)
+        print(f"dinoscope: internal error: {name}: {exc} (rerun with --debug for the traceback)", file=sys.stderr)
         return 1
     return 0
 

@@ -166,7 +166,12 @@ def extract_batch(backbone, images: Sequence, *, resolution: Resolution | None =
 
 
 def forward_tokens(backbone, pixels, blocks: Sequence[int], normed: bool):
-    """Run the model on a batch; per block return (cls (B, D), registers (B, R, D), patches (B, rows, cols, D))."""
+    """Run the model on a batch; per block return (cls (B, D), registers (B, R, D), patches (B, rows, cols, D)).
+
+    The pass stops after the deepest block asked for. For ConvNeXt, "blocks" are its four
+    stages: earlier stages are average-pooled onto the stride-32 grid of the last one, and
+    the mean of the map stands in for CLS (as the transformers model's pooled output does).
+    """
     import torch
 
     module = backbone.module
@@ -174,40 +179,48 @@ def forward_tokens(backbone, pixels, blocks: Sequence[int], normed: bool):
     rows, cols = pixels.shape[-2] // backbone.patch_size, pixels.shape[-1] // backbone.patch_size
     wanted = sorted(set(blocks))
     with torch.inference_mode():
-        if backbone.kind == "vit":
-            states = _vit_block_outputs(module, pixels, wanted)
-        else:
-            out = module(pixel_values=pixels, output_hidden_states=True)
-            states = {b: out.hidden_states[b + 1] for b in wanted}
+        if backbone.kind == "convnext":
+            states = _convnext_stage_outputs(module, pixels, wanted)
+            return [_convnext_tokens(module, states[b], normed, (rows, cols)) for b in blocks]
+        states = run_vit_blocks(backbone, pixels, wanted)
         outputs = []
         for b in blocks:
             h = states[b]
-            if backbone.kind == "convnext":
-                outputs.append(_convnext_tokens(module, h, normed))
-                continue
             if normed:
-                h = (module.norm if backbone.kind == "vit" else module.layernorm)(h)
+                h = vit_parts(backbone)[3](h)
             h = h.float().cpu()
             r = backbone.num_registers
             outputs.append((h[:, 0], h[:, 1:1 + r], h[:, 1 + r:].reshape(h.shape[0], rows, cols, -1)))
     return outputs
 
 
-def _vit_layers(module):
-    encoder = getattr(module, "model", None)  # transformers 5 keeps the blocks in an encoder submodule
-    layers = getattr(encoder, "layer", None) if encoder is not None else None
-    return layers if layers is not None else module.layer
+def vit_parts(backbone):
+    """(embeddings, rope or None, blocks, final norm) of a DINOv3 ViT or DINOv2 transformers model."""
+    module = backbone.module
+    if backbone.kind == "vit":
+        return module.embeddings, module.rope_embeddings, module.model.layer, module.norm
+    if backbone.kind == "dinov2":
+        return module.embeddings, None, module.encoder.layer, module.layernorm
+    from .errors import InputError
+
+    raise InputError(f"{backbone.source} is a ConvNeXt: it has no transformer blocks or attention; use a ViT model")
 
 
-def _vit_block_outputs(module, pixels, wanted: Sequence[int]):
-    """Run DINOv3 ViT blocks up to the deepest wanted one, keeping only the wanted outputs."""
-    hidden = module.embeddings(pixels)
-    position = module.rope_embeddings(pixels)
+def run_vit_blocks(backbone, pixels, wanted: Sequence[int], on_input=None):
+    """Run the blocks up to the deepest wanted one, keeping only the wanted outputs.
+
+    `on_input(i, hidden, position)` is called with each wanted block's input (used for attention).
+    """
+    embeddings, rope, layers, _norm = vit_parts(backbone)
+    hidden = embeddings(pixels)
+    position = rope(pixels) if rope is not None else None
     keep = {}
-    for i, block in enumerate(_vit_layers(module)):
+    for i, block in enumerate(layers):
         if i > wanted[-1]:
             break
-        hidden = block(hidden, position_embeddings=position)
+        if on_input is not None and i in wanted:
+            on_input(i, hidden, position)
+        hidden = block(hidden, position_embeddings=position) if rope is not None else block(hidden)
         if isinstance(hidden, tuple):
             hidden = hidden[0]
         if i in wanted:
@@ -215,18 +228,102 @@ def _vit_block_outputs(module, pixels, wanted: Sequence[int]):
     return keep
 
 
-def _convnext_tokens(module, h, normed: bool):
-    """ConvNeXt stage output (B, C, H, W): patches are the map, its pooled vector stands in for CLS."""
+def _convnext_stage_outputs(module, pixels, wanted: Sequence[int]):
+    keep = {}
+    hidden = pixels
+    for i, stage in enumerate(module.model.stages):
+        if i > wanted[-1]:
+            break
+        hidden = stage(hidden)
+        if i in wanted:
+            keep[i] = hidden
+    return keep
+
+
+def _convnext_tokens(module, h, normed: bool, grid: tuple[int, int]):
+    """ConvNeXt stage output (B, C, H, W) on the output grid: patches are the map, its mean stands in for CLS.
+
+    The final norm belongs to the last stage; earlier stages (other widths) are returned as they are.
+    """
     import torch
 
+    if tuple(h.shape[-2:]) != grid:
+        h = torch.nn.functional.adaptive_avg_pool2d(h, grid)
     patches = h.permute(0, 2, 3, 1)
     pooled = patches.mean(dim=(1, 2))
-    if normed:
-        norm = getattr(module, "layer_norm", None) or getattr(module, "norm", None)
-        if norm is not None and norm.normalized_shape[0] == patches.shape[-1]:
-            patches, pooled = norm(patches), norm(pooled)
+    if normed and module.layer_norm.normalized_shape[0] == patches.shape[-1]:
+        patches, pooled = module.layer_norm(patches), module.layer_norm(pooled)
     empty = torch.zeros(h.shape[0], 0, patches.shape[-1])
     return pooled.float().cpu(), empty, patches.float().cpu()
+
+
+def extract_attention(backbone, image, *, layer: int = -1, query=-1, resolution: Resolution | None = None):
+    """Attention of one query token (CLS by default, or a patch / Patch / Pixel) in block `layer`, per head.
+
+    Computed from the block's own q/k projections (with RoPE on the patch tokens for DINOv3),
+    for the query's row only: the model keeps its fast attention and is not reloaded.
+    """
+    from types import SimpleNamespace
+
+    from .analyses import query_index
+    from .images import load_image
+
+    image = load_image(image)
+    resolution = resolution or Resolution()
+    block = backbone.layer_index(layer)
+    vit_parts(backbone)  # ConvNeXt: a clear error before any work
+    geometry, notice = Geometry.for_image(image.width, image.height, backbone.patch_size, resolution)
+    if notice:
+        log.warning(notice)
+    index = query_index(SimpleNamespace(geometry=geometry), query)
+    pixels = preprocess(image, geometry, backbone.mean, backbone.std)[None]
+    return attention_rows(backbone, pixels, block, [index], geometry)[0]
+
+
+def attention_rows(backbone, pixels, block: int, queries: Sequence[int], geometry) -> list:
+    """For one image (pixels (1, 3, H, W)), the Attention of each query index (-1 = CLS) in `block`."""
+    import torch
+
+    from .analyses import query_attention, split_row
+
+    r = backbone.num_registers
+    rows: list = []
+
+    def on_input(i, hidden, position):
+        blk = _vit_layers_of(backbone)[i]
+        attn = blk.attention
+        x = blk.norm1(hidden)[0]  # (T, D)
+        heads = backbone.module.config.num_attention_heads
+        head_dim = attn.q_proj.out_features // heads
+        k = attn.k_proj(x).view(-1, heads, head_dim).transpose(0, 1)  # (H, T, d)
+        tokens = [0 if q < 0 else 1 + r + q for q in queries]
+        q = attn.q_proj(x[tokens]).view(len(tokens), heads, head_dim).transpose(0, 1)  # (H, Q, d)
+        if position is not None:  # RoPE rotates patch tokens only; CLS and registers pass as they are
+            cos, sin = position
+            k = torch.cat([k[:, :1 + r], _rotate(k[:, 1 + r:], cos, sin)], dim=1)
+            for j, t in enumerate(tokens):
+                if t >= 1 + r:
+                    q[:, j] = _rotate(q[:, j:j + 1], cos[t - 1 - r:t - r], sin[t - 1 - r:t - r])[:, 0]
+        for j, qi in enumerate(queries):
+            w = query_attention(q[:, j], k, head_dim ** -0.5).cpu()
+            rows.append(split_row(w, r, geometry, query=qi, layer=i, model=backbone.source))
+
+    with torch.inference_mode():
+        run_vit_blocks(backbone, pixels.to(device=backbone.device, dtype=backbone.dtype), [block], on_input=on_input)
+    return rows
+
+
+def _vit_layers_of(backbone):
+    return vit_parts(backbone)[2]
+
+
+def _rotate(x, cos, sin):
+    """Rotary embedding on the last dim: x * cos + rotate_half(x) * sin (halves swapped, first negated)."""
+    import torch
+
+    half = x.shape[-1] // 2
+    turned = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + turned * sin
 
 
 class Extractor:
@@ -315,39 +412,67 @@ class Extractor:
         total, done = len(sources), 0
         for start in range(0, total, window):
             images = [self.load(s) for s in sources[start:start + window]]
-            results: list = [None] * len(images)
-            keys: list = [None] * len(images)
-            todo = []
-            for i, image in enumerate(images):
-                if self.cache is not None:
-                    keys[i] = self.cache_key(image)
-                    hit = self.cache.get(keys[i]) if keys[i] is not None else None
-                    if hit is not None:
-                        results[i] = hit
-                        done += 1
-                        continue
-                todo.append(i)
-            if progress is not None and done:
-                progress(done, total)
-            if todo:
-                backbone = self.backbone
-                backbone.layer_index(self.layer)  # bad layer: fail before the forward pass
-                base = done
 
-                def step(n, _base=base):
-                    if progress is not None:
-                        progress(_base + n, total)
+            def step(n, _base=done):
+                if progress is not None:
+                    progress(_base + n, total)
 
-                fresh = extract_batch(backbone, [images[i] for i in todo], resolution=self.resolution,
-                                      layers=[self.layer], normed=self.normed, batch_size=self.batch_size,
-                                      progress=step)
-                self.forward_passes += len(todo)
-                done += len(todo)
-                for i, feats in zip(todo, fresh):
-                    results[i] = feats[0]
-                    if self.cache is not None:
-                        key = self.cache_key(images[i])  # after loading: the revision actually used
-                        if key is not None:
-                            self.cache.put(key, results[i])
+            results = self.features_of(images, progress=step)
+            done += len(images)
             for image, feats in zip(images, results):
                 yield image, feats
+
+    def features_of(self, images: Sequence, *, progress=None) -> list[Features]:
+        """Features of already loaded RGB images, in order: cache hits first, misses batched by input size.
+
+        `progress(done)` is called as images complete (hits count at once).
+        """
+        results: list = [None] * len(images)
+        todo = []
+        done = 0
+        for i, image in enumerate(images):
+            if self.cache is not None:
+                key = self.cache_key(image)
+                hit = self.cache.get(key) if key is not None else None
+                if hit is not None:
+                    results[i] = hit
+                    done += 1
+                    continue
+            todo.append(i)
+        if progress is not None and done:
+            progress(done)
+        if todo:
+            backbone = self.backbone
+            backbone.layer_index(self.layer)  # bad layer: fail before the forward pass
+            base = done
+
+            def step(n):
+                if progress is not None:
+                    progress(base + n)
+
+            fresh = extract_batch(backbone, [images[i] for i in todo], resolution=self.resolution,
+                                  layers=[self.layer], normed=self.normed, batch_size=self.batch_size,
+                                  progress=step)
+            self.forward_passes += len(todo)
+            for i, feats in zip(todo, fresh):
+                results[i] = feats[0]
+                if self.cache is not None:
+                    key = self.cache_key(images[i])  # after loading: the revision actually used
+                    if key is not None:
+                        self.cache.put(key, results[i])
+        return results
+
+    def layers(self, source, layers: Sequence[int]):
+        """(RGB image, [Features per layer]) from one forward pass."""
+        image = self.load(source)
+        for layer in layers:
+            self.backbone.layer_index(layer)
+        return image, extract_batch(self.backbone, [image], resolution=self.resolution, layers=list(layers),
+                                    normed=self.normed)[0]
+
+    def attention(self, source, query=-1):
+        """(RGB image, Attention) of `query` (CLS by default) in this extractor's layer."""
+        image = self.load(source)
+        return image, extract_attention(self.backbone, image, layer=self.layer, query=query,
+                                        resolution=self.resolution)
+

@@ -12,6 +12,9 @@ so it is cheap to import (no torch).
 
 from __future__ import annotations
 
+import base64
+import codecs
+import contextlib
 import errno
 import hashlib
 import io
@@ -28,7 +31,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .errors import InputError
 
@@ -85,8 +88,8 @@ _LABEL_MAX = 200
 
 
 def _one_line(text: str) -> str:
-    """Collapse line breaks so a message or label never spans lines."""
-    return re.sub(r"[\r\n\t\v\f\x0b\x0c\x1c-\x1e\x85\u2028\u2029]+", " ", text)
+    """Replace line breaks and other control characters so a message never spans lines."""
+    return re.sub(r"[\x00-\x1f\x7f\x85\u2028\u2029]+", " ", text)
 
 
 def _label(text: str) -> str:
@@ -148,6 +151,18 @@ def _bomb_error(label: str, exc: BaseException, max_pixels: int | None) -> Input
     )
 
 
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"RIFF", "WebP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+)
+
+
 def _sniff(head: bytes) -> str:
     """Describe non-image content from its first bytes, for the error message."""
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
@@ -161,12 +176,15 @@ def _sniff(head: bytes) -> str:
         return "an XML text file, not an image; give a JPEG, PNG, WebP, GIF, TIFF or BMP file"
     if text.startswith(b"%pdf"):
         return "a PDF document, not an image; export the page as PNG first"
+    for magic, name in _MAGIC:
+        if head.startswith(magic) and (name != "WebP" or head[8:12] == b"WEBP"):
+            return f"damaged: it starts like a {name} file but its header cannot be read; re-download or re-export it"
     if head:
         try:
-            decoded = head.decode("utf-8")
+            decoded = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
         except UnicodeDecodeError:
             decoded = None
-        if decoded is not None and all(ch.isprintable() or ch in "\r\n\t" for ch in decoded):
+        if decoded and all(ch.isprintable() or ch in "\r\n\t" for ch in decoded):
             return "a text file, not an image; give a JPEG, PNG, WebP, GIF, TIFF or BMP file"
     return "not an image format that can be read; give a JPEG, PNG, WebP, GIF, TIFF or BMP file"
 
@@ -181,30 +199,42 @@ def _formats() -> list[str]:
 
 
 def _scale_to_l(image: Image.Image) -> Image.Image:
-    """16-bit, 32-bit integer and float grey images -> 8-bit L, scaled rather than clipped."""
+    """16-bit, 32-bit integer and float grey images -> 8-bit L, scaled rather than clipped.
+
+    16-bit images map 0..65535 to 0..255. Integer ("I") and float ("F") images that
+    already lie in 0..255 keep their values, floats in [0, 1] are multiplied by 255,
+    "I" images in 0..65535 are treated as 16-bit, and anything else is stretched from
+    its minimum to its maximum. Works in place on one float32 copy to bound memory.
+    """
     mode = image.mode
-    arr = np.asarray(image)
     if mode.startswith("I;16"):
-        wide = arr.astype(np.uint32)
-        out = ((wide * 255 + 32767) // 65535).astype(np.uint8)
+        wide = np.asarray(image).astype(np.uint32)
+        wide *= 255
+        wide += 32767
+        wide //= 65535
+        return Image.fromarray(wide.astype(np.uint8))
+    values = np.array(image, dtype=np.float32)
+    if mode == "F":
+        finite = np.isfinite(values)
+        if not finite.all():
+            values[~finite] = 0.0
+        del finite
+    lo = float(values.min())
+    hi = float(values.max())
+    if mode == "F" and lo >= 0.0 and hi <= 1.0:
+        values *= 255.0
+    elif lo >= 0.0 and hi <= 255.0:
+        pass
+    elif mode == "I" and lo >= 0.0 and hi <= 65535.0:
+        values /= 257.0
+    elif hi > lo:
+        values -= lo
+        values *= 255.0 / (hi - lo)
     else:
-        values = arr.astype(np.float64)
-        if mode == "F":
-            values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
-        lo = float(values.min()) if values.size else 0.0
-        hi = float(values.max()) if values.size else 0.0
-        if mode == "F" and lo >= 0.0 and hi <= 1.0:
-            scaled = values * 255.0
-        elif lo >= 0.0 and hi <= 255.0:
-            scaled = values
-        elif mode == "I" and lo >= 0.0 and hi <= 65535.0:
-            scaled = values / 257.0
-        elif hi > lo:
-            scaled = (values - lo) * (255.0 / (hi - lo))
-        else:
-            scaled = np.zeros_like(values)
-        out = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-    return Image.fromarray(np.ascontiguousarray(out))
+        values[...] = 0.0
+    np.clip(values, 0.0, 255.0, out=values)
+    np.rint(values, out=values)
+    return Image.fromarray(values.astype(np.uint8))
 
 
 def _composite_on_white(image: Image.Image) -> Image.Image:
@@ -223,7 +253,9 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in ("I", "F") or image.mode.startswith("I;16"):
         image = _scale_to_l(image)
     mode = image.mode
-    if mode in ("RGBA", "LA", "La", "PA", "RGBa", "P") or "transparency" in image.info:
+    if mode in ("RGBA", "LA", "La", "PA", "RGBa") or "transparency" in image.info:
+        return _composite_on_white(image)
+    if mode == "P" and getattr(image.palette, "mode", "RGB") != "RGB":  # e.g. an RGBA palette
         return _composite_on_white(image)
     if mode == "RGB":
         return image
@@ -269,18 +301,38 @@ def _decode(fp: BinaryIO, label: str, max_pixels: int | None) -> Image.Image:
         return _finish(image, label)
 
 
-def _finish(image: Image.Image, label: str) -> Image.Image:
-    """Apply EXIF orientation and convert to a new RGB image that shares nothing with `image`."""
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF (or XMP) orientation tag, 1 when absent or unreadable."""
     try:
-        oriented = ImageOps.exif_transpose(image)
+        value = image.getexif().get(0x0112, 1)
+        return value if isinstance(value, int) and value in _TRANSPOSE else 1
     except Exception:
         # A malformed EXIF block only loses the orientation; the pixels are fine.
-        oriented = image
-    if oriented is None:  # pragma: no cover - only with in_place=True
-        oriented = image
+        return 1
+
+
+def _finish(image: Image.Image, label: str) -> Image.Image:
+    """Convert to RGB and apply the EXIF orientation, as a new image sharing nothing with `image`.
+
+    The result carries no metadata: orientation, transparency and profile have been used up.
+    """
+    method = _TRANSPOSE.get(_orientation(image))
     try:
-        rgb = _to_rgb(oriented)
-        if rgb is image:
+        rgb = _to_rgb(image)
+        if method is not None:
+            rgb = rgb.transpose(method)
+        elif rgb is image:
             rgb = image.copy()
         rgb.load()
     except MemoryError as exc:
@@ -290,6 +342,7 @@ def _finish(image: Image.Image, label: str) -> Image.Image:
             f"{label} has colour mode {image.mode} which cannot be converted to RGB ({_brief(exc)}); "
             "save it as an RGB PNG or JPEG"
         ) from exc
+    rgb.info = {}
     return rgb
 
 
@@ -309,7 +362,7 @@ def _load_path(raw: str | os.PathLike, max_pixels: int | None) -> Image.Image:
     if not text.strip():
         raise _error("the image path is empty; give the path of an image file")
     path = Path(text)
-    if text.startswith("~") and not path.exists():
+    if text.startswith("~") and "\x00" not in text and not os.path.lexists(path):
         path = path.expanduser()
     label = _label(text)
     try:
@@ -414,13 +467,12 @@ def _load_array(array: Any, max_pixels: int | None) -> Image.Image:
         data = arr.astype(np.uint8)
     else:
         raise _error(f"{label} has unsupported dtype {arr.dtype}; use uint8, uint16, bool or float in [0, 1]")
-    data = np.array(data, dtype=np.uint8, order="C", copy=True)
+    data = np.ascontiguousarray(data, dtype=np.uint8)
     try:
         if channels == 1:
             image = Image.fromarray(data).convert("RGB")
         elif channels == 3:
-            image = Image.fromarray(data)
-            image = image.copy()  # never share memory with the caller's array
+            image = Image.fromarray(data).copy()  # never share memory with the caller's array
         else:
             image = _composite_on_white(Image.fromarray(data))
     except MemoryError as exc:
@@ -485,7 +537,7 @@ def load_image(
             scheme = match.group(1).lower()
             if scheme in ("http", "https"):
                 data = fetch_url(text, timeout=timeout, max_bytes=max_bytes)
-                return _decode_bytes(data, _label(text), max_pixels)
+                return _decode_bytes(data, _url_label(text), max_pixels)
             raise _error(
                 f"cannot load {_label(text)}: {scheme}:// addresses are not supported; "
                 "use an http(s) URL or download the file and pass its path"
@@ -508,11 +560,15 @@ def image_digest(image: Image.Image) -> str:
     """
     if not isinstance(image, Image.Image):
         raise _error(f"image_digest needs a PIL image, not a {type(image).__name__}; load it with load_image first")
-    rgb = image if image.mode == "RGB" else _to_rgb(image)
+    try:
+        rgb = image if image.mode == "RGB" else _to_rgb(image)
+        pixels = rgb.tobytes()
+    except Exception as exc:
+        raise _error(f"cannot read the pixels of the image ({_brief(exc)}); load it with load_image first") from exc
     width, height = rgb.size
     digest = hashlib.sha256()
     digest.update(f"dinoscope-rgb-v1:{width}x{height}:".encode("ascii"))
-    digest.update(rgb.tobytes())
+    digest.update(pixels)
     return digest.hexdigest()
 
 
@@ -539,10 +595,25 @@ def _check_url(url: str) -> urllib.parse.SplitResult:
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
         shown = f"{scheme}://" if scheme else "an address without http:// or https://"
-        raise _error(f"cannot download {_label(url)}: {shown} is not supported; use an http or https URL")
+        raise _error(f"cannot download {_url_label(url)}: {shown} is not supported; use an http or https URL")
     if not parts.hostname:
-        raise _error(f"{_label(url)} has no host name; give a full URL such as https://example.com/photo.jpg")
+        raise _error(f"{_url_label(url)} has no host name; give a full URL such as https://example.com/photo.jpg")
     return parts
+
+
+def _url_label(url: str) -> str:
+    """The URL for messages, without any user:password@ part."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        if parts.username is not None or parts.password is not None:
+            host = parts.hostname or ""
+            if ":" in host:
+                host = f"[{host}]"
+            netloc = host + (f":{parts.port}" if parts.port else "")
+            url = urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        pass
+    return _label(url)
 
 
 def _quote_url(url: str) -> str:
@@ -585,52 +656,83 @@ def fetch_url(
     """
     if not isinstance(url, str):
         raise _error(f"a URL must be a str, not {type(url).__name__}; pass it as text")
-    if timeout is None or timeout <= 0:
-        raise _error(f"the download timeout must be a positive number of seconds, not {timeout!r}")
+    for name, value in (("timeout", timeout), ("deadline", deadline)):
+        if value is None and name == "deadline":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise _error(f"the download {name} must be a positive number of seconds, not {value!r}")
+    for name, value in (("max_bytes", max_bytes), ("max_redirects", max_redirects)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "max_bytes" else 0):
+            raise _error(f"{name} must be a {'positive' if name == 'max_bytes' else 'non-negative'} whole number, not {value!r}")
     total = 3.0 * timeout if deadline is None else float(deadline)
     started = time.monotonic()
     current = url.strip()
-    original = _label(current)
+    original = _url_label(current)
     seen: set[str] = set()
     opener = _opener()
     redirects = 0
     while True:
         _check_url(current)
         seen.add(current)
-        label = _label(current)
-        request = urllib.request.Request(
-            _quote_url(current),
-            headers={"User-Agent": _USER_AGENT, "Accept": "image/*,*/*;q=0.5", "Accept-Encoding": "identity"},
-        )
+        label = _url_label(current)
         remaining = total - (time.monotonic() - started)
         if remaining <= 0:
-            raise _error(f"could not download {original}: it took longer than {total:g} s; try again later or download the file and pass its path")
+            raise _error(
+                f"could not download {original}: it took longer than {total:g} s; "
+                "try again later or download the file and pass its path"
+            )
         try:
+            request = _request(current)
             response = opener.open(request, timeout=min(timeout, remaining))
         except urllib.error.HTTPError as exc:
-            with exc:
-                if exc.code in _REDIRECT_CODES:
-                    location = exc.headers.get("Location") if exc.headers else None
-                    if not location:
-                        raise _error(f"could not download {label}: HTTP {exc.code} redirect without a Location; give the final image URL") from exc
-                    target = urllib.parse.urljoin(current, location.strip())
-                    redirects += 1
-                    if target in seen:
-                        raise _error(f"could not download {original}: the server redirects in a loop; give the final image URL") from exc
-                    if redirects > max_redirects:
-                        raise _error(f"could not download {original}: more than {max_redirects} redirects; give the final image URL") from exc
-                    if urllib.parse.urlsplit(target).scheme.lower() not in ("http", "https"):
-                        raise _error(f"could not download {original}: it redirects to a non-http(s) address; give the final image URL") from exc
-                    current = target
-                    continue
-                reason = _one_line(str(exc.reason or http.client.responses.get(exc.code, ""))).strip()
-                raise _error(f"could not download URL: HTTP {exc.code} {reason} ({label}); check the address") from exc
+            try:
+                target = _redirect_target(exc, current, label)
+            finally:
+                with contextlib.suppress(Exception):
+                    exc.close()
+            redirects += 1
+            if target in seen:
+                raise _error(f"could not download {original}: the server redirects in a loop; give the final image URL") from exc
+            if redirects > max_redirects:
+                raise _error(f"could not download {original}: more than {max_redirects} redirects; give the final image URL") from exc
+            if urllib.parse.urlsplit(target).scheme.lower() not in ("http", "https"):
+                raise _error(f"could not download {original}: it redirects to a non-http(s) address; give the final image URL") from exc
+            current = target
+            continue
         except urllib.error.URLError as exc:
             raise _network_error(label, exc, timeout) from exc
         except (http.client.HTTPException, OSError, ValueError, UnicodeError) as exc:
             raise _network_error(label, exc, timeout) from exc
         with response:
             return _read_body(response, label, timeout, max_bytes, started, total)
+
+
+def _request(url: str) -> urllib.request.Request:
+    """A GET request; user:password@ in the URL becomes a Basic Authorization header."""
+    headers = {"User-Agent": _USER_AGENT, "Accept": "image/*,*/*;q=0.5", "Accept-Encoding": "identity"}
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        user = urllib.parse.unquote(parts.username or "")
+        password = urllib.parse.unquote(parts.password or "")
+        token = base64.b64encode(f"{user}:{password}".encode("utf-8")).decode("ascii")
+        headers["Authorization"] = f"Basic {token}"
+        netloc = parts.netloc.rpartition("@")[2]
+        url = urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    return urllib.request.Request(_quote_url(url), headers=headers)
+
+
+def _redirect_target(exc: urllib.error.HTTPError, current: str, label: str) -> str:
+    """The absolute URL a 3xx answer points to; InputError for any other HTTP error."""
+    if exc.code not in _REDIRECT_CODES:
+        reason = _one_line(str(exc.reason or http.client.responses.get(exc.code, ""))).strip()
+        raise _error(f"could not download URL: HTTP {exc.code} {reason} ({label}); check the address") from exc
+    location = exc.headers.get("Location") if exc.headers is not None else None
+    if not location or not location.strip():
+        raise _error(f"could not download {label}: HTTP {exc.code} redirect without a Location; give the final image URL") from exc
+    try:
+        return urllib.parse.urljoin(current, location.strip())
+    except ValueError as exc2:
+        raise _error(f"could not download {label}: it redirects to an invalid address; give the final image URL") from exc2
 
 
 def _read_body(response, label: str, timeout: float, max_bytes: int, started: float, total: float) -> bytes:
@@ -643,6 +745,7 @@ def _read_body(response, label: str, timeout: float, max_bytes: int, started: fl
                 raise _error(f"the URL returned a web page ({content_type}), not an image; give the direct image URL ({label})")
             raise _error(f"the URL returned {content_type}, not an image; give the direct image URL ({label})")
     length = headers.get("Content-Length") if headers is not None else None
+    declared = None
     if length is not None:
         try:
             declared = int(length.strip())
@@ -673,4 +776,8 @@ def _read_body(response, label: str, timeout: float, max_bytes: int, started: fl
         if _is_timeout(exc):
             raise _error(f"could not download {label}: no data within the timeout of {timeout:g} s; try again later or download the file and pass its path") from exc
         raise _error(f"could not download {label}: the connection broke ({_brief(exc)}); try again") from exc
+    if declared is not None and len(body) < declared:
+        raise _error(
+            f"could not download {label}: the connection broke after {len(body):,} of {declared:,} bytes; try again"
+        )
     return bytes(body)

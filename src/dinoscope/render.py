@@ -126,6 +126,7 @@ def draw_matches(image_a: Image.Image, image_b: Image.Image, matches, *, top_k: 
     keep = select_pairs(matches, top_k=top_k, max_lines=max_lines, seed=seed)
     if len(keep) == 0:
         return canvas
+    keep = keep[np.argsort(matches.scores[keep], kind="stable")]  # best pairs drawn last, on top
     pa, pb = matches.points()
     scores = matches.scores[keep]
     colors = colorize(scores[None, :], cmap, vmin=float(matches.scores.min()), vmax=float(matches.scores.max()))[0]
@@ -136,4 +137,27 @@ def draw_matches(image_a: Image.Image, image_b: Image.Image, matches, *, top_k: 
         r = max(1, line_width)
         draw.ellipse([xa - r, ya - r, xa + r, ya + r], fill=tuple(int(c) for c in color))
         draw.ellipse([xb + offset - r, yb - r, xb + offset + r, yb + r], fill=tuple(int(c) for c in color))
+    return canvas
+
+
+def captioned(image: Image.Image, text: str, height: int = 16, background=(255, 255, 255)) -> Image.Image:
+    """`image` with a line of text in a white band above it."""
+    image = image.convert("RGB")
+    canvas = Image.new("RGB", (image.width, image.height + height), background)
+    canvas.paste(image, (0, height))
+    ImageDraw.Draw(canvas).text((2, 2), text, fill=(0, 0, 0))
+    return canvas
+
+
+def tile(images, columns: int, gap: int = 0, background=(255, 255, 255)) -> Image.Image:
+    """Images in rows of `columns`, each row top-aligned, rows stacked."""
+    images = [im.convert("RGB") for im in images]
+    rows = [side_by_side(images[i:i + columns], gap=gap, background=background)
+            for i in range(0, len(images), max(1, columns))]
+    canvas = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows) + gap * (len(rows) - 1)),
+                       background)
+    y = 0
+    for r in rows:
+        canvas.paste(r, (0, y))
+        y += r.height + gap
     return canvas

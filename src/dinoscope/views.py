@@ -9,7 +9,7 @@ from __future__ import annotations
 from PIL import Image
 
 from . import render
-from .analyses import PCABasis, match_patches, minmax, patch_norms, query_index, similarity_map
+from .analyses import PCABasis, attention_map, match_patches, minmax, patch_norms, query_index, similarity_map
 
 
 def norms_view(features, image: Image.Image | None = None, *, cmap: str = "inferno", alpha: float = 0.0) -> Image.Image:
@@ -59,3 +59,36 @@ def matches_view(features_a, features_b, image_a: Image.Image, image_b: Image.Im
     picture = render.draw_matches(image_a, image_b, matches, top_k=top_k, max_lines=max_lines, seed=seed, cmap=cmap,
                                   gap=8)
     return picture, matches
+
+
+def attention_view(attention, image: Image.Image | None = None, *, heads: bool = True, cmap: str = "inferno",
+                   alpha: float = 0.6, columns: int = 4) -> Image.Image:
+    """The head-averaged attention map over the photo, then (with `heads`) one panel per head.
+
+    Each panel is scaled to its own maximum, so a head that spends most of its attention on
+    the registers still shows where the rest goes; the query patch is outlined in red.
+    """
+    g = attention.geometry
+    maps = [("mean of heads", attention_map(attention))]
+    if heads:
+        maps += [(f"head {h}", attention_map(attention, h)) for h in range(attention.heads)]
+    panels = []
+    for title, values in maps:
+        heat = render.place(render.colorize(minmax(values), cmap, 0.0, 1.0), g)
+        picture = render.overlay(image, heat, alpha) if image is not None else heat
+        panels.append(render.captioned(render.outline_patch(picture, g, attention.query), title))
+    return render.tile(panels, min(columns, len(panels)) if len(panels) > 1 else 1, gap=4)
+
+
+def layers_view(features_list, image: Image.Image | None = None, *, kind: str = "pca", cmap: str = "inferno",
+                columns: int = 0) -> Image.Image:
+    """One panel per layer side by side (PCA colours fitted per layer, or norm maps), each captioned."""
+    if kind not in ("pca", "norms"):
+        from .errors import InputError
+
+        raise InputError(f"unknown layer picture {kind!r}; use pca or norms")
+    panels = [render.captioned(image.convert("RGB"), "image")] if image is not None else []
+    for f in features_list:
+        picture = pca_view(f) if kind == "pca" else norms_view(f, cmap=cmap)
+        panels.append(render.captioned(picture, f"layer {f.layer}" + ("" if f.normed else " (pre-norm)")))
+    return render.tile(panels, columns or len(panels), gap=4)

@@ -10,10 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ModelError
+from .registry import IMAGENET_MEAN, IMAGENET_STD, SAT_MEAN, SAT_STD
 
 DEFAULT_MODEL = "facebook/dinov3-vitb16-pretrain-lvd1689m"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16"}
 
 
@@ -89,26 +88,176 @@ def resolve_dtype(dtype):
 
 
 def load_model(source: str | os.PathLike = DEFAULT_MODEL, *, device: str | None = "auto", dtype="float32",
-               attention: str = "sdpa") -> Backbone:
-    """Load a DINOv3 backbone from a hub id or a local `save_pretrained` folder.
+               attention: str = "sdpa", check_memory: bool = True) -> Backbone:
+    """Load a DINOv3 (or DINOv2) backbone from wherever its weights are.
 
-    `attention` is "sdpa" (fast, the default) or "eager" (only needed to read attention weights).
+    `source` is a short name (`dinoscope models` lists them), a Hugging Face hub id, a local
+    folder in the `save_pretrained` layout, an official DINOv3 checkpoint (`.pth`), or a
+    single `.safetensors` file (official or transformers key layout). Before any weights are
+    read, the model's size is checked against the free memory of the device.
+    `attention` is "sdpa" (fast, the default) or "eager"; dinoscope computes attention maps
+    itself, so eager is never needed for them.
     """
+    from .registry import lookup
+
     torch_dtype = resolve_dtype(dtype)
+    dtype_name = str(torch_dtype).removeprefix("torch.")
     dev = resolve_device(device)
     text = os.fspath(source)
     path = Path(text).expanduser()
-    if path.is_dir():
+    spec = None
+    if text.startswith("random:"):
+        name = text[len("random:"):]
+        if check_memory and lookup(name) is not None:
+            _check_memory(lookup(name).params, "float32", dev, text)  # built in float32 before any cast
+        module, revision, folder = random_model(name), "random-seed0", None
+    elif path.is_dir():
+        if check_memory:
+            _check_memory(_count_folder(path), dtype_name, dev, text)
         folder, revision = path, _fingerprint(path)
-    elif path.exists():
-        raise ModelError(f"{text} is a file, not a model folder; pass a folder saved with save_pretrained or a hub id")
+        module = _load_transformers_folder(folder, text, attention)
+    elif path.is_file():
+        if check_memory:
+            _check_memory(_count_file(path), dtype_name, dev, text)
+        module, revision = _load_file(path, torch_dtype), _fingerprint_file(path)
+        if attention != "sdpa" and "convnext" not in str(module.config.model_type):
+            module.set_attn_implementation(attention)
+        folder = None
+    elif (spec := lookup(text)) is not None:
+        if check_memory:
+            _check_memory(spec.params, dtype_name, dev, f"{spec.name} ({spec.hub_id})")
+        folder, revision = _download(spec.hub_id)
+        module = _load_transformers_folder(folder, spec.hub_id, attention)
     elif _looks_like_hub_id(text):
         folder, revision = _download(text)
+        if check_memory:
+            _check_memory(_count_folder(folder), dtype_name, dev, text)
+        module = _load_transformers_folder(folder, text, attention)
     else:
-        raise ModelError(f"no model folder or hub id {text!r}; pass a hub id like {DEFAULT_MODEL} or an existing folder")
-    module = _load_transformers_folder(folder, text, attention)
+        raise ModelError(_unknown_message(text))
     module = module.to(device=dev, dtype=torch_dtype).eval()
-    return describe(module, source=text, revision=revision, folder=folder)
+    backbone = describe(module, source=text, revision=revision, folder=folder)
+    if spec is not None:
+        backbone.mean, backbone.std = spec.mean, spec.std
+    elif folder is None and "sat493m" in path.name.lower():
+        backbone.mean, backbone.std = SAT_MEAN, SAT_STD
+    return backbone
+
+
+def random_model(name: str):
+    """A DINOv3 ViT with the architecture of registry entry `name` and random weights (seed 0).
+
+    For trying dinoscope, benchmarks and tests where the gated weights are out of reach: the
+    pictures show the layout, not what trained features look like.
+    """
+    import torch
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+    from .registry import MODELS
+
+    spec = MODELS.get(name)
+    if spec is None or spec.family != "dinov3-vit":
+        choices = ", ".join(n for n, m in MODELS.items() if m.family == "dinov3-vit")
+        raise ModelError(f"no random architecture {name!r}; use random:NAME with NAME one of {choices}")
+    gated = name.endswith("plus") or name.startswith("vit7b")  # S+, H+ and 7B use a SwiGLU MLP
+    config = DINOv3ViTConfig(hidden_size=spec.width, num_hidden_layers=spec.depth, num_attention_heads=spec.heads,
+                             intermediate_size=spec.width * (2 if name.startswith("vit7b") else 4),
+                             num_register_tokens=spec.registers, patch_size=spec.patch_size, use_gated_mlp=gated,
+                             key_bias=False, layerscale_value=1.0, rope_theta=100.0, layer_norm_eps=1e-5)
+    with torch.random.fork_rng(devices=[]):  # a fixed seed without touching the caller's random state
+        torch.manual_seed(0)
+        return DINOv3ViTModel(config).eval()
+
+
+def _unknown_message(text: str) -> str:
+    from .registry import closest
+
+    looks_like_path = any(c in text for c in "/\\") or text.endswith((".pth", ".pt", ".safetensors"))
+    if looks_like_path:
+        return (f"no file or folder {text!r} exists; check the path, or pass a short name (`dinoscope models`) "
+                f"or a hub id")
+    suggestions = ", ".join(closest(text))
+    return (f"{text!r} is not a known model name; closest known names: {suggestions} (`dinoscope models` lists "
+            f"all), or pass a hub id, a save_pretrained folder or a checkpoint file")
+
+
+def available_memory(device) -> int | None:
+    """Free bytes on `device`: CUDA from the driver, CPU from /proc/meminfo; None where unknown."""
+    import torch
+
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+    return None
+
+
+def _check_memory(params: int | None, dtype: str, device, what: str) -> None:
+    from .registry import DTYPE_BYTES, HEADROOM, human_bytes, human_count
+
+    if not params:
+        return
+    need = params * DTYPE_BYTES[dtype] * HEADROOM
+    free = available_memory(device)
+    if free is not None and need > free:
+        hint = "use --dtype bfloat16, " if dtype == "float32" else ""
+        raise ModelError(
+            f"{what} has {human_count(params)} parameters and needs about {human_bytes(need)} in {dtype}, but only "
+            f"{human_bytes(free)} is free on {device.type}; {hint}pick a smaller model (`dinoscope models`) or free memory"
+        )
+
+
+def _count_safetensors(path: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    with safe_open(os.fspath(path), framework="pt") as f:
+        for key in f.keys():
+            n = 1
+            for d in f.get_slice(key).get_shape():
+                n *= d
+            total += n
+    return total
+
+
+def _count_folder(folder: Path) -> int | None:
+    try:
+        return sum(_count_safetensors(f) for f in sorted(folder.glob("*.safetensors"))) or None
+    except Exception:  # an unreadable file is reported by the loader itself, with its own message
+        return None
+
+
+def _count_file(path: Path) -> int | None:
+    try:
+        if path.suffix.lower() == ".safetensors":
+            return _count_safetensors(path)
+        import torch
+
+        state = torch.load(os.fspath(path), map_location="cpu", weights_only=True, mmap=True)
+        state = state.get("model", state.get("teacher", state)) if isinstance(state, dict) else state
+        return sum(t.numel() for t in state.values() if hasattr(t, "numel")) or None
+    except Exception:  # not readable this way: the loader says what is wrong with it
+        return None
+
+
+def _fingerprint_file(path: Path) -> str:
+    st = path.stat()
+    return "file-" + hashlib.sha256(f"{path.name}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+
+
+def _load_file(path: Path, torch_dtype):
+    """A single weights file: an official DINOv3 checkpoint (.pth or .safetensors, architecture inferred from
+    the tensors), or a transformers-layout state dict with its config.json beside it."""
+    from . import official
+
+    return official.load_official_model(path, dtype=torch_dtype)
 
 
 def describe(module, *, source: str, revision: str, folder: Path | None = None) -> Backbone:
@@ -188,6 +337,8 @@ def _download(repo_id: str) -> tuple[Path, str]:
     from huggingface_hub import snapshot_download
     from huggingface_hub import errors as hf_errors
 
+    from .registry import closest
+
     page = f"https://huggingface.co/{repo_id}"
     alternatives = "or pass --model a local folder (save_pretrained layout) or an official checkpoint file"
     try:
@@ -203,7 +354,7 @@ def _download(repo_id: str) -> tuple[Path, str]:
     except hf_errors.RepositoryNotFoundError as exc:
         raise ModelError(
             f"{repo_id} was not found on the Hugging Face hub, or your token may not read it: check the name "
-            f"(`dinoscope models` lists known ones), log in with `hf auth login` if it is private; {alternatives}"
+            f"(closest known: {', '.join(closest(repo_id))}; `dinoscope models` lists all), log in with `hf auth login` if it is private; {alternatives}"
         ) from exc
     except hf_errors.LocalEntryNotFoundError as exc:
         raise ModelError(
@@ -234,8 +385,10 @@ def _load_transformers_folder(folder: Path, source: str, attention: str):
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"cannot read the config in {source}: {str(exc).splitlines()[0]}") from exc
     try:
+        # ConvNeXt has no attention, and transformers refuses an attention implementation for it
+        extra = {} if "convnext" in str(config.model_type) else {"attn_implementation": attention}
         with _quiet_transformers():
-            return AutoModel.from_pretrained(folder, config=config, local_files_only=True, attn_implementation=attention)
+            return AutoModel.from_pretrained(folder, config=config, local_files_only=True, **extra)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelError(f"cannot load the weights in {source}: {str(exc).splitlines()[0]}") from exc
 
