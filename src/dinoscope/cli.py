@@ -371,6 +371,54 @@ def extract(
                f"({extractor.forward_passes} computed, {hits} from the cache)")
 
 
+@app.command()
+def video(
+    clip: Annotated[Path, typer.Argument(help="Video file (mp4, mkv, webm, mov, avi...).", show_default=False)],
+    model: ModelOpt = DEFAULTS["model"], device: DeviceOpt = "auto", dtype: DtypeOpt = "float32",
+    resolution: ResolutionOpt = "native", max_tokens: MaxTokensOpt = 16384, layer: LayerOpt = -1,
+    prenorm: PrenormOpt = False, no_cache: NoCacheOpt = False, cache_dir: CacheDirOpt = None,
+    out: OutOpt = DEFAULTS["out"],
+    stride: Annotated[int, typer.Option(help="Use every Nth frame.")] = 1,
+    max_frames: Annotated[int, typer.Option("--max-frames", help="Stop after this many frames (0 = all).")] = 0,
+    patch: Annotated[Optional[int], typer.Option(help="Query patch index on the first frame (-1 = CLS).")] = None,
+    cell: Annotated[Optional[str], typer.Option(help="Query patch on the first frame as ROW,COL.")] = None,
+    pixel: Annotated[Optional[str], typer.Option(help="Query point on the first frame as X,Y in pixels.")] = None,
+    cls: Annotated[bool, typer.Option("--cls", help="Query with the first frame's CLS token.")] = False,
+    basis: PCABasisOpt = None, save_basis: SavePCABasisOpt = None, batch_size: BatchOpt = 8,
+    progress: ProgressOpt = True, debug: DebugOpt = False,
+):
+    """PCA colours beside every frame (one basis for the whole clip) and a query point from the first frame
+    followed through the clip; writes OUT/<name>_pca.mp4/.gif and OUT/<name>_similarity.mp4/.gif.
+
+    Needs PyAV: pip install "dinoscope[video]". Without a query, the centre patch is used.
+    """
+    from .video import require_av, run_video
+
+    require_av()
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    query = _query(patch, cell, pixel, cls)
+    fitted = None
+    if basis is not None:
+        from .analyses import PCABasis
+
+        fitted = PCABasis.load(basis)
+    extractor = _extractor(model, device, dtype, resolution, max_tokens, 0, layer, prenorm, no_cache, cache_dir,
+                           batch_size)
+    extractor.max_pixels = None  # frames come decoded, not from files
+    bars = _PhaseBars(progress)
+    try:
+        result = run_video(clip, extractor, out, stride=stride, max_frames=max_frames or None, query=query,
+                           basis=fitted, basis_path=save_basis, progress=bars)
+    finally:
+        bars.close()
+    for path in result.outputs:
+        typer.echo(f"wrote {path}")
+    if result.basis_path:
+        typer.echo(f"PCA basis: {result.basis_path}")
+    typer.echo(f"{result.frames} frame(s) of {result.size[0]}x{result.size[1]} at {result.fps:.2f} fps")
+
+
 def _is_collection(images) -> bool:
     from .collections import is_collection
 
