@@ -491,9 +491,9 @@ def _collection(kind: str, images: list[str], options: dict, given: dict) -> int
     verb = "extracted" if kind == "extract" else "processed"
     rate = (summary.ok - summary.skipped) / summary.seconds if summary.seconds > 0 else 0.0
     skipped = f", {summary.skipped} already complete" if summary.skipped else ""
+    how = "on Ray" if engine == "ray" else f"{summary.computed} computed, {hits} from the cache"
     typer.echo(f"{verb} {summary.ok} of {summary.total} input(s) into {out} in {summary.seconds:.2f} s: {rate:.2f} "
-               f"images/s ({summary.computed} computed, {hits} from the cache); {summary.failed} failed{skipped}; "
-               f"manifest {summary.manifest}")
+               f"images/s ({how}); {summary.failed} failed{skipped}; manifest {summary.manifest}")
     return summary.exit_code
 
 
@@ -616,7 +616,20 @@ def attention(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: one-line errors and exit code 2 for bad input; tracebacks only with --debug."""
+    """Entry point: one-line errors and exit code 2 for bad input; tracebacks only with --debug.
+
+    The "dinoscope" logger is pointed at stderr for the run and restored afterwards, so calling
+    main() in-process (tests, notebooks) leaves logging as it found it.
+    """
+    logger = logging.getLogger("dinoscope")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    try:
+        return _main(argv)
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
+
+
+def _main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("DINOSCOPE_DEBUG") == "1"
     handler = logging.StreamHandler(sys.stderr)

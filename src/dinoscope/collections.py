@@ -265,6 +265,9 @@ def complete(out: Path, item: Item, job: Job, record: dict | None) -> bool:
     """True when `record` says ok for this very input and every output the job would write exists."""
     if not record or record.get("status") != "ok" or record.get("source") != item.source:
         return False
+    if job.options.get("format") == "parquet":  # Ray shards: names are known only once written
+        wanted = list(record.get("outputs", ()))
+        return bool(wanted) and all((Path(out) / rel).is_file() for rel in wanted)
     wanted = job.outputs(item.name)
     return set(wanted) <= set(record.get("outputs", ())) and all((Path(out) / rel).is_file() for rel in wanted)
 
