@@ -217,7 +217,7 @@ def section_matching(args, work: Path) -> None:
 
     def feats(n, dim, seed, base=None):
         g = torch.Generator().manual_seed(seed)
-        side = int(np.sqrt(n))
+        side = 64 if n % 64 == 0 and n <= 8192 else int(np.sqrt(n))
         x = torch.randn(n, dim, generator=g) if base is None else base[torch.randperm(n, generator=g)] + 0.7 * torch.randn(n, dim, generator=g)
         geom = Geometry(16, side, n // side, (16 * (n // side), 16 * side), (16 * (n // side), 16 * side), False)
         return Features(torch.zeros(dim), torch.zeros(0, dim), x.reshape(side, n // side, dim), geom)
@@ -261,7 +261,7 @@ def section_help(args, work: Path) -> None:
 
 
 def section_big(args, home: Path, work: Path) -> None:
-    print("\n[big] a 4000x3000 photo at native resolution (46,875 patches > budget of 16,384)", flush=True)
+    print("\n[big] a 4000x3000 photo at native resolution (46,750 patches > budget of 16,384)", flush=True)
     from dinoscope.images import load_image
 
     big = work / "big.jpg"

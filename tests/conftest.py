@@ -86,12 +86,6 @@ def cli_env(hf_home: Path | None = None, **extra) -> dict:
     return env
 
 
-@pytest.fixture(autouse=True)
-def _private_feature_cache(tmp_path_factory, monkeypatch):
-    """Keep the CLI's default feature cache out of the user's home during tests."""
-    monkeypatch.setenv("DINOSCOPE_CACHE", str(tmp_path_factory.getbasetemp() / "dinoscope-cache"))
-
-
 def build_pixel_vit():
     """A one-block DINOv3 ViT whose patch tokens are the (normalised) pixels of their own patch.
 
@@ -124,3 +118,9 @@ def pixel_backbone():
     from dinoscope.models.loading import describe
 
     return describe(build_pixel_vit(), source="pixel-model", revision="test")
+
+
+@pytest.fixture(autouse=True)
+def _private_feature_cache(tmp_path_factory, monkeypatch):
+    """Keep the CLI's default feature cache out of the user's home during tests."""
+    monkeypatch.setenv("DINOSCOPE_CACHE", str(tmp_path_factory.getbasetemp() / "dinoscope-cache"))

@@ -615,6 +615,49 @@ def attention(
     _save(attention_view(att, img, heads=heads, cmap=cmap, alpha=alpha), out, f"{_stem(image)}_attention_L{att.layer}.png")
 
 
+@app.command()
+def ui(
+    host: Annotated[str, typer.Option(help="Address to listen on. 127.0.0.1 keeps it on this machine; anything else "
+                                           "exposes it (a warning is printed).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0 = any free port).")] = 7860,
+    model: ModelOpt = DEFAULTS["model"], device: DeviceOpt = "auto", dtype: DtypeOpt = "float32",
+    allow_urls: Annotated[bool, typer.Option("--allow-urls", help="Let users load images from public http(s) URLs "
+                                                                  "(never local or private addresses).")] = False,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest upload accepted, in MB.")] = 20.0,
+    max_pixels: Annotated[int, typer.Option("--max-pixels", help="Refuse images with more pixels than this.")] = 40_000_000,
+    debug: DebugOpt = False,
+):
+    """Interactive explorer in the browser: click a patch and see its similarity map, PCA, norms, attention, matches.
+
+    Needs the ui extra: pip install 'dinoscope[ui]'.
+    """
+    if not 0 <= port <= 65535:
+        raise InputError(f"--port must be between 0 and 65535, not {port}")
+    if max_upload_mb <= 0 or max_pixels <= 0:
+        raise InputError("--max-upload-mb and --max-pixels must be positive")
+    try:
+        import gradio  # noqa: F401  (checked here so a missing extra gets a one-line message)
+    except ImportError:
+        raise InputError("the explorer needs Gradio; install it with: pip install 'dinoscope[ui]'") from None
+    from . import ui as webui
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    app_, url = webui.launch(model, host=host, port=port, allow_urls=allow_urls, block=False, device=device,
+                             dtype=dtype, max_upload_bytes=int(max_upload_mb * 1_000_000), max_pixels=max_pixels)
+    typer.echo(f"dinoscope explorer: {url}  (Ctrl+C to stop)", err=False)
+    sys.stdout.flush()
+    try:
+        import time
+
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        app_.close()
+        app_.dinoscope_engine.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one-line errors and exit code 2 for bad input; tracebacks only with --debug.
 

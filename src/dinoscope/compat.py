@@ -17,7 +17,8 @@ from .errors import DinoscopeError, InputError
 from .geometry import Geometry, Resolution
 from .models import DEFAULT_MODEL
 
-NATIVE = Resolution("native", None, max_tokens=None)
+NATIVE = Resolution("native", None, max_tokens=None)  # for model inputs the caller already sized
+NATIVE_WITH_BUDGET = Resolution("native")  # the scripts: native size, downscaled with a notice past the token budget
 
 
 def load_dinov3_model(model_name: str = DEFAULT_MODEL, device: str | None = None, dtype: str = "float32"):
@@ -157,7 +158,7 @@ def _run(parser: argparse.ArgumentParser, body, argv) -> int:
 def _native(args, source):
     from .features import Extractor
 
-    return Extractor(args.model_name, device=args.device or "auto", resolution=NATIVE)(source)
+    return Extractor(args.model_name, device=args.device or "auto", resolution=NATIVE_WITH_BUDGET)(source)
 
 
 def _save(picture, args, name: str) -> None:

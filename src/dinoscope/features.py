@@ -475,4 +475,3 @@ class Extractor:
         image = self.load(source)
         return image, extract_attention(self.backbone, image, layer=self.layer, query=query,
                                         resolution=self.resolution)
-

@@ -642,6 +642,7 @@ def fetch_url(
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_redirects: int = 5,
     deadline: float | None = None,
+    opener: urllib.request.OpenerDirector | None = None,
 ) -> bytes:
     """Download an image over http(s) with the standard library and return its bytes.
 
@@ -651,6 +652,9 @@ def fetch_url(
     Content-Length and while streaming. Redirects are followed by hand, at most
     `max_redirects` of them, only to http(s), and a loop is refused. A Content-Type
     that is neither image/* nor a generic binary type (or absent) is refused.
+
+    `opener` replaces the default urllib opener (it must not follow redirects itself);
+    the web explorer passes one whose connections refuse private addresses.
 
     Every failure raises :class:`InputError` with a one-line message.
     """
@@ -669,7 +673,7 @@ def fetch_url(
     current = url.strip()
     original = _url_label(current)
     seen: set[str] = set()
-    opener = _opener()
+    opener = opener or _opener()
     redirects = 0
     while True:
         _check_url(current)
