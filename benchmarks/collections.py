@@ -51,7 +51,7 @@ def engines(args, work: Path) -> dict:
     photos = make_photos(work / "photos", args.images)
     items = expand_inputs([str(photos)])
     make = lambda: Extractor(args.model, device="cpu", resolution=Resolution.parse("native"), batch_size=8)  # noqa: E731
-    make()(str(items[0].source))  # warm-up: load weights, first-call costs
+    run_collection(items, make(), Job("extract"), work / "warm-up")  # untimed: weights, per-shape first-call costs
     results = {"images": len(items), "model": args.model, "cpus": os.cpu_count()}
 
     t = time.perf_counter()
@@ -127,8 +127,9 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     with tempfile.TemporaryDirectory(prefix="dsbench") as tmp:
         work = Path(tmp)
-        os.environ["HF_HOME"] = str(make_hub(work / "hf"))
+        os.environ["HF_HOME"] = str(work / "hf")  # before anything imports huggingface_hub
         os.environ["HF_HUB_OFFLINE"] = "1"
+        make_hub(work / "hf")
         os.environ["DINOSCOPE_CACHE"] = str(work / "cache")
         speed = engines(args, work)
     print(json.dumps(speed, indent=1))
@@ -138,10 +139,11 @@ def main() -> None:
         if key.endswith("_per_s") or key.endswith("_s"):
             print(f"  {key:36s} {value:8.2f}")
     print(f"\nstreaming PCA memory ({args.patches} patches x {args.dim} dims per image, float32):")
-    print(f"  {'mode':12s} {'images':>6s} {'all patches MiB':>16s} {'peak RSS MiB':>13s} {'seconds':>8s}")
+    print(f"  {'mode':12s} {'images':>6s} {'all patches MiB':>16s} {'RSS before MiB':>15s} {'peak RSS MiB':>13s} "
+          f"{'seconds':>8s}")
     for row in memory(args):
-        print(f"  {row['mode']:12s} {row['images']:6d} {row['all_patches_MiB']:16.0f} {row['peak_rss_MiB']:13.0f} "
-              f"{row['seconds']:8.2f}")
+        print(f"  {row['mode']:12s} {row['images']:6d} {row['all_patches_MiB']:16.0f} {row['rss_before_fit_MiB']:15.0f} "
+              f"{row['peak_rss_MiB']:13.0f} {row['seconds']:8.2f}")
 
 
 if __name__ == "__main__":
