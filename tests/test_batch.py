@@ -60,7 +60,7 @@ def test_cli_extract_many_images(tiny_model_dir, tmp_path):
                        capture_output=True, text=True, timeout=600, env=cli_env(PYTHONPATH=SRC))
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in out.iterdir()) == ["chelsea.safetensors", "chelsea_2.safetensors",
-                                                      "coffee.safetensors"]
+                                                      "coffee.safetensors", "manifest.jsonl"]  # several: a collection
     assert "images/s" in r.stdout and "3 computed, 0 from the cache" in r.stdout
     assert "3/3" in r.stderr  # the progress bar reached the end
     a, b = Features.load(out / "chelsea.safetensors"), Features.load(out / "chelsea_2.safetensors")

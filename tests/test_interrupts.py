@@ -51,14 +51,23 @@ def test_interrupted_cli_run_leaves_only_complete_files(tiny_model_dir, tmp_path
                              "--out", str(out), "--resolution", "short:1024", "--max-tokens", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=cli_env(PYTHONPATH=str(SRC)))
     deadline = time.time() + 120
-    while time.time() < deadline and not (out.exists() and any(not p.name.startswith(".") for p in out.iterdir())):
+    while time.time() < deadline and not (out.exists() and any(p.suffix == ".safetensors" and not p.name.startswith(".")
+                                                                for p in out.iterdir())):
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(sig)
     proc.wait(timeout=60)
     assert proc.returncode == 130, proc.stderr.read()
     assert any(out.iterdir())
+    import json
+
+    # several images make a collection: its manifest is written atomically too, and every output it
+    # lists as ok is there
+    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert all((out / o).is_file() for r in records if r["status"] == "ok" for o in r["outputs"])
     for path in out.iterdir():
+        if path.name == "manifest.jsonl":
+            continue
         assert path.suffix == ".safetensors" and not path.name.startswith("."), path.name
         with safe_open(str(path), "pt") as f:
             assert tuple(f.get_tensor("patches").shape)[-1] == 64

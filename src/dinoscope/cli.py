@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -29,6 +30,27 @@ app = typer.Typer(
 # Options shared by every command, defined once.
 ImageArg = Annotated[Optional[str], typer.Argument(
     help="Image path, http(s) URL or sample:NAME (chelsea, coffee, astronaut). Default: sample:chelsea.",
+    show_default=False)]
+InputsArg = Annotated[Optional[list[str]], typer.Argument(
+    help="Image path, http(s) URL or sample:NAME (chelsea, coffee, astronaut); default sample:chelsea. "
+         "Several images, a folder (searched recursively), a quoted glob ('photos/**/*.jpg') or @LIST.txt "
+         "(one path or URL per line) run as a collection: one output per input under --out, mirroring "
+         "folders, plus OUT/manifest.jsonl.", show_default=False)]
+ResumeOpt = Annotated[bool, typer.Option(
+    "--resume", help="Collections: skip inputs whose outputs are complete and recorded as ok in OUT/manifest.jsonl.")]
+ProgressOpt = Annotated[Optional[bool], typer.Option(
+    "--progress/--no-progress", help="Collections: show a progress bar (images/s) on stderr (default: when stderr is a "
+    "terminal).", show_default=False)]
+EngineOpt = Annotated[str, typer.Option(
+    "--engine", help="Collections: local (this process) or ray (Ray Data; RAY_ADDRESS picks a cluster, else a "
+                     "local one is started). Needs pip install \"dinoscope[ray]\".")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Images of one input size per forward pass.")]
+PCABasisOpt = Annotated[Optional[Path], typer.Option(
+    "--pca-basis", "--basis", help="Apply this saved PCA basis (same colours across images and runs).",
+    show_default=False)]
+SavePCABasisOpt = Annotated[Optional[Path], typer.Option(
+    "--save-pca-basis", "--save-basis", help="Save the fitted PCA basis to this .safetensors file (a collection "
+                                             "always saves it, by default to OUT/pca_basis.safetensors).",
     show_default=False)]
 ModelOpt = Annotated[str, typer.Option(
     "--model", "-m", help="Short name (see `dinoscope models`), hub id, save_pretrained folder, or .pth/.safetensors checkpoint.")]
@@ -124,14 +146,19 @@ def _query(patch: Optional[int], cell: Optional[str], pixel: Optional[str], cls:
 
 @app.command()
 def norms(
-    image: ImageArg = None, model: ModelOpt = DEFAULTS["model"], device: DeviceOpt = "auto", dtype: DtypeOpt = "float32",
+    images: InputsArg = None, model: ModelOpt = DEFAULTS["model"], device: DeviceOpt = "auto", dtype: DtypeOpt = "float32",
     resolution: ResolutionOpt = "native", max_tokens: MaxTokensOpt = 16384, max_pixels: MaxPixelsOpt = 100_000_000,
     layer: LayerOpt = -1, prenorm: PrenormOpt = False, no_cache: NoCacheOpt = False, cache_dir: CacheDirOpt = None, out: OutOpt = DEFAULTS["out"], cmap: CmapOpt = "inferno",
     alpha: Annotated[float, typer.Option(help="Blend the map over the photo with this opacity (0 = map only).")] = 0.0,
+    resume: ResumeOpt = False, progress: ProgressOpt = None, engine: EngineOpt = "local", batch_size: BatchOpt = 8,
     debug: DebugOpt = False,
 ):
     """Feature-norm map: the L2 norm of every patch token, min-max scaled."""
     from .views import norms_view
+
+    if _is_collection(images):
+        return _collection("norms", images, dict(cmap=cmap, alpha=alpha), locals())
+    image = images[0] if images else None
 
     img, feats = _extractor(model, device, dtype, resolution, max_tokens, max_pixels, layer, prenorm, no_cache, cache_dir)(image or "sample:chelsea")
     _save(norms_view(feats, img, cmap=cmap, alpha=alpha), out, f"{_stem(image)}_norms.png")
@@ -139,17 +166,21 @@ def norms(
 
 @app.command()
 def pca(
-    image: ImageArg = None, model: ModelOpt = DEFAULTS["model"], device: DeviceOpt = "auto", dtype: DtypeOpt = "float32",
+    images: InputsArg = None, model: ModelOpt = DEFAULTS["model"], device: DeviceOpt = "auto", dtype: DtypeOpt = "float32",
     resolution: ResolutionOpt = "native", max_tokens: MaxTokensOpt = 16384, max_pixels: MaxPixelsOpt = 100_000_000,
     layer: LayerOpt = -1, prenorm: PrenormOpt = False, no_cache: NoCacheOpt = False, cache_dir: CacheDirOpt = None, out: OutOpt = DEFAULTS["out"], cmap: CmapOpt = "viridis",
     components: Annotated[str, typer.Option(help="Three components for RGB (e.g. 1,2,3) or one for a single map.")] = "1,2,3",
     foreground: Annotated[bool, typer.Option(help="Fit on foreground patches only; background drawn black.")] = False,
-    basis: Annotated[Optional[Path], typer.Option(help="Apply a saved PCA basis (same colours across images).")] = None,
-    save_basis: Annotated[Optional[Path], typer.Option(help="Save the fitted basis to this .safetensors file.")] = None,
+    basis: PCABasisOpt = None, save_basis: SavePCABasisOpt = None,
     smooth: Annotated[bool, typer.Option(help="Interpolate between patch centres.")] = False,
+    resume: ResumeOpt = False, progress: ProgressOpt = None, engine: EngineOpt = "local", batch_size: BatchOpt = 8,
     debug: DebugOpt = False,
 ):
-    """PCA of the patch tokens as colours."""
+    """PCA of the patch tokens as colours.
+
+    A collection gets one basis fitted over all its patches (streaming, bounded memory), so a colour
+    means the same thing in every picture; it is saved to OUT/pca_basis.safetensors.
+    """
     from .analyses import PCABasis
     from .views import pca_view
 
@@ -159,6 +190,12 @@ def pca(
         raise InputError(f"cannot read components {components!r}; write 1-based numbers like 1,2,3 or 4") from None
     if len(picked) not in (1, 3) or min(picked, default=0) < 0:
         raise InputError(f"--components takes one or three 1-based numbers, got {components!r}")
+    if _is_collection(images):
+        if foreground:
+            raise InputError("--foreground is not available for collections yet; fit on one image with --save-basis "
+                             "and apply it with --pca-basis")
+        return _collection("pca", images, dict(cmap=cmap, components=picked, smooth=smooth), locals())
+    image = images[0] if images else None
     fitted = PCABasis.load(basis) if basis is not None else None
     img, feats = _extractor(model, device, dtype, resolution, max_tokens, max_pixels, layer, prenorm, no_cache, cache_dir)(image or "sample:chelsea")
     if fitted is None:
@@ -174,7 +211,7 @@ def pca(
 
 @app.command()
 def similarity(
-    image: ImageArg = None, model: ModelOpt = DEFAULTS["model"], device: DeviceOpt = "auto", dtype: DtypeOpt = "float32",
+    images: InputsArg = None, model: ModelOpt = DEFAULTS["model"], device: DeviceOpt = "auto", dtype: DtypeOpt = "float32",
     resolution: ResolutionOpt = "native", max_tokens: MaxTokensOpt = 16384, max_pixels: MaxPixelsOpt = 100_000_000,
     layer: LayerOpt = -1, prenorm: PrenormOpt = False, no_cache: NoCacheOpt = False, cache_dir: CacheDirOpt = None, out: OutOpt = DEFAULTS["out"], cmap: CmapOpt = "turbo",
     patch: Annotated[Optional[int], typer.Option(help="Query patch index (row-major; -1 = CLS token).")] = None,
@@ -183,6 +220,7 @@ def similarity(
     cls: Annotated[bool, typer.Option("--cls", help="Query with the CLS token.")] = False,
     target: Annotated[Optional[str], typer.Option(help="Draw the map over this second image (cross-image similarity).")] = None,
     alpha: Annotated[float, typer.Option(help="Opacity of the map over the photo.")] = 0.55,
+    resume: ResumeOpt = False, progress: ProgressOpt = None, engine: EngineOpt = "local", batch_size: BatchOpt = 8,
     debug: DebugOpt = False,
 ):
     """Cosine similarity between one query (a patch, a pixel or the CLS token) and every patch.
@@ -192,6 +230,11 @@ def similarity(
     from .views import similarity_view
 
     query = _query(patch, cell, pixel, cls)
+    if _is_collection(images):
+        if target is not None:
+            raise InputError("--target is for one image; a collection takes the query from each image itself")
+        return _collection("similarity", images, dict(cmap=cmap, alpha=alpha, query=query), locals())
+    image = images[0] if images else None
     extractor = _extractor(model, device, dtype, resolution, max_tokens, max_pixels, layer, prenorm, no_cache, cache_dir)
     img, feats = extractor(image or "sample:chelsea")
     if query is None:
@@ -251,18 +294,28 @@ def match(
 
 @app.command(name="all")
 def run_all(
-    image: ImageArg = None,
+    images: InputsArg = None,
     match_with: Annotated[Optional[str], typer.Option("--match", help="Also match against this second image.")] = None,
     model: ModelOpt = DEFAULTS["model"], device: DeviceOpt = "auto", dtype: DtypeOpt = "float32",
     resolution: ResolutionOpt = "native", max_tokens: MaxTokensOpt = 16384, max_pixels: MaxPixelsOpt = 100_000_000,
     layer: LayerOpt = -1, prenorm: PrenormOpt = False, no_cache: NoCacheOpt = False, cache_dir: CacheDirOpt = None, out: OutOpt = DEFAULTS["out"],
     method: MethodOpt = "hungarian", top_k: TopKOpt = 0, max_lines: MaxLinesOpt = 800, seed: SeedOpt = 0,
+    basis: PCABasisOpt = None, save_basis: SavePCABasisOpt = None,
+    resume: ResumeOpt = False, progress: ProgressOpt = None, engine: EngineOpt = "local", batch_size: BatchOpt = 8,
     debug: DebugOpt = False,
 ):
     """Every analysis from one forward pass per image.
 
-    With no image, runs on the bundled sample photos and matches them pairwise.
+    With no image, runs on the bundled sample photos and matches them pairwise. A collection gets
+    norms, PCA (one basis for all), similarity to the centre patch and to CLS for every input.
     """
+    if _is_collection(images):
+        if match_with is not None:
+            raise InputError("--match is for one image; use `dinoscope match` for pairs")
+        return _collection("all", images, {}, locals())
+    image = images[0] if images else None
+    if basis is not None or save_basis is not None:
+        raise InputError("--pca-basis and --save-pca-basis on `all` are for collections; use `dinoscope pca` for one image")
     from .analyses import CLS
     from .views import matches_view, norms_view, pca_view, similarity_view
 
@@ -290,44 +343,165 @@ def run_all(
 
 @app.command()
 def extract(
-    images: Annotated[list[str], typer.Argument(help="Images to extract (paths, URLs or sample:NAME).")],
+    images: Annotated[list[str], typer.Argument(
+        help="Images to extract (paths, URLs or sample:NAME); a folder, a quoted glob or @LIST.txt runs a collection "
+             "(see `dinoscope pca --help`).")],
     model: ModelOpt = DEFAULTS["model"], device: DeviceOpt = "auto", dtype: DtypeOpt = "float32",
     resolution: ResolutionOpt = "native", max_tokens: MaxTokensOpt = 16384, max_pixels: MaxPixelsOpt = 100_000_000,
     layer: LayerOpt = -1, prenorm: PrenormOpt = False, no_cache: NoCacheOpt = False, cache_dir: CacheDirOpt = None,
-    out: OutOpt = DEFAULTS["out"],
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images of one input size per forward pass.")] = 8,
-    progress: Annotated[Optional[bool], typer.Option(
-        "--progress/--no-progress", help="Show a progress bar on stderr (default: when stderr is a terminal).",
-        show_default=False)] = None,
+    out: OutOpt = DEFAULTS["out"], batch_size: BatchOpt = 8,
+    progress: ProgressOpt = None,
+    resume: ResumeOpt = False, engine: EngineOpt = "local",
     debug: DebugOpt = False,
 ):
     """Write each image's tokens to OUT/<name>.safetensors (keys cls, registers, patches; geometry in the metadata).
 
-    Images of the same input size are batched; throughput is reported at the end.
+    Images of the same input size are batched; throughput is reported at the end. Several images, a
+    folder, a glob or @LIST.txt also write OUT/manifest.jsonl; with --engine ray the features are
+    written as Parquet shards under OUT/features/.
     """
     import time
 
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    if _is_collection(images):
+        return _collection("extract", images, {}, locals())
     extractor = _extractor(model, device, dtype, resolution, max_tokens, max_pixels, layer, prenorm, no_cache,
                            cache_dir, batch_size)
-    names = _unique_stems(images)
-    if progress is None:
-        progress = sys.stderr.isatty()
-    bar = _progress_bar(len(images), "extracting") if progress else None
     started = time.perf_counter()
-    try:
-        for name, (_, feats) in zip(names, extractor.iter_many(images, progress=bar.update_to if bar else None)):
-            path = feats.save(out / f"{name}.safetensors")
-            if bar is None:
-                typer.echo(f"wrote {path}")
-    finally:
-        if bar is not None:
-            bar.close()
+    for name, (_, feats) in zip(_unique_stems(images), extractor.iter_many(images)):
+        typer.echo(f"wrote {feats.save(out / f'{name}.safetensors')}")
     elapsed = time.perf_counter() - started
     hits = extractor.cache.hits if extractor.cache is not None else 0
     typer.echo(f"extracted {len(images)} image(s) into {out} in {elapsed:.2f} s: {len(images) / elapsed:.2f} images/s "
                f"({extractor.forward_passes} computed, {hits} from the cache)")
+
+
+@app.command()
+def video(
+    clip: Annotated[Path, typer.Argument(help="Video file (mp4, mkv, webm, mov, avi...).", show_default=False)],
+    model: ModelOpt = DEFAULTS["model"], device: DeviceOpt = "auto", dtype: DtypeOpt = "float32",
+    resolution: ResolutionOpt = "native", max_tokens: MaxTokensOpt = 16384, layer: LayerOpt = -1,
+    prenorm: PrenormOpt = False, no_cache: NoCacheOpt = False, cache_dir: CacheDirOpt = None,
+    out: OutOpt = DEFAULTS["out"],
+    stride: Annotated[int, typer.Option(help="Use every Nth frame.")] = 1,
+    max_frames: Annotated[int, typer.Option("--max-frames", help="Stop after this many frames (0 = all).")] = 0,
+    patch: Annotated[Optional[int], typer.Option(help="Query patch index on the first frame (-1 = CLS).")] = None,
+    cell: Annotated[Optional[str], typer.Option(help="Query patch on the first frame as ROW,COL.")] = None,
+    pixel: Annotated[Optional[str], typer.Option(help="Query point on the first frame as X,Y in pixels.")] = None,
+    cls: Annotated[bool, typer.Option("--cls", help="Query with the first frame's CLS token.")] = False,
+    basis: PCABasisOpt = None, save_basis: SavePCABasisOpt = None, batch_size: BatchOpt = 8,
+    progress: ProgressOpt = None, debug: DebugOpt = False,
+):
+    """PCA colours beside every frame (one basis for the whole clip) and a query point from the first frame
+    followed through the clip; writes OUT/<name>_pca.mp4/.gif and OUT/<name>_similarity.mp4/.gif.
+
+    Needs PyAV: pip install "dinoscope[video]". Without a query, the centre patch is used.
+    """
+    from .video import require_av, run_video
+
+    require_av()
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    query = _query(patch, cell, pixel, cls)
+    fitted = None
+    if basis is not None:
+        from .analyses import PCABasis
+
+        fitted = PCABasis.load(basis)
+    extractor = _extractor(model, device, dtype, resolution, max_tokens, 0, layer, prenorm, no_cache, cache_dir,
+                           batch_size)
+    extractor.max_pixels = None  # frames come decoded, not from files
+    bars = _PhaseBars(progress)
+    try:
+        result = run_video(clip, extractor, out, stride=stride, max_frames=max_frames or None, query=query,
+                           basis=fitted, basis_path=save_basis, progress=bars)
+    finally:
+        bars.close()
+    for path in result.outputs:
+        typer.echo(f"wrote {path}")
+    if result.basis_path:
+        typer.echo(f"PCA basis: {result.basis_path}")
+    typer.echo(f"{result.frames} frame(s) of {result.size[0]}x{result.size[1]} at {result.fps:.2f} fps")
+
+
+def _is_collection(images) -> bool:
+    from .collections import is_collection
+
+    return bool(images) and is_collection(images)
+
+
+class _PhaseBars:
+    """One progress bar per phase of a collection run (fitting PCA, colour range, writing)."""
+
+    def __init__(self, enabled: bool | None):
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.phase, self.bar = None, None
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if phase != self.phase:
+            self.close()
+            self.phase, self.bar = phase, _progress_bar(total, phase)
+        self.bar.update_to(done, total)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _collection(kind: str, images: list[str], options: dict, given: dict) -> int:
+    """Run a command over a collection; prints the summary line and returns the exit code (1 if any input failed)."""
+    from .collections import Job, expand_inputs, run_collection
+
+    g = given
+    batch_size = g.get("batch_size", 8)
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    engine = (g.get("engine") or "local").strip().lower()
+    if engine not in ("local", "ray"):
+        raise InputError(f"unknown --engine {engine!r}; use local or ray")
+    items = expand_inputs(images)
+    if not items:
+        raise InputError("the inputs name no images; give files, a folder, a glob or @LIST.txt")
+    job = Job(kind, options)
+    if g.get("basis") is not None:
+        from .analyses import PCABasis
+
+        job.basis = PCABasis.load(g["basis"])
+    out = Path(g["out"])
+    extractor = _extractor(g["model"], g["device"], g["dtype"], g["resolution"], g["max_tokens"], g["max_pixels"],
+                           g.get("layer", -1), g.get("prenorm", False), g.get("no_cache", False), g.get("cache_dir"),
+                           batch_size)
+    bars = _PhaseBars(g.get("progress"))
+    try:
+        if engine == "ray":
+            from .ray_engine import run_on_ray
+
+            summary = run_on_ray(items, extractor, job, out, resume=g.get("resume", False),
+                                 basis_path=g.get("save_basis"), progress=bars)
+        else:
+            summary = run_collection(items, extractor, job, out, resume=g.get("resume", False),
+                                     basis_path=g.get("save_basis"), progress=bars)
+    finally:
+        bars.close()
+    for source, error in summary.failures[:20]:
+        print(f"dinoscope: failed: {error}" if source in error else f"dinoscope: failed: {source}: {error}",
+              file=sys.stderr)
+    if len(summary.failures) > 20:
+        print(f"dinoscope: ... and {len(summary.failures) - 20} more failures (see the manifest)", file=sys.stderr)
+    if summary.basis_path:
+        typer.echo(f"PCA basis: {summary.basis_path}")
+    hits = extractor.cache.hits if extractor.cache is not None and engine == "local" else 0
+    verb = "extracted" if kind == "extract" else "processed"
+    rate = (summary.ok - summary.skipped) / summary.seconds if summary.seconds > 0 else 0.0
+    skipped = f", {summary.skipped} already complete" if summary.skipped else ""
+    how = "on Ray" if engine == "ray" else f"{summary.computed} computed, {hits} from the cache"
+    typer.echo(f"{verb} {summary.ok} of {summary.total} input(s) into {out} in {summary.seconds:.2f} s: {rate:.2f} "
+               f"images/s ({how}); {summary.failed} failed{skipped}; manifest {summary.manifest}")
+    return summary.exit_code
 
 
 def _unique_stems(sources: list[str]) -> list[str]:
@@ -346,6 +520,7 @@ class _Bar:
 
     def __init__(self, total: int, label: str):
         self.total, self.done, self.label = total, 0, label
+        self._started = time.perf_counter()
         try:
             from tqdm import tqdm
 
@@ -359,7 +534,9 @@ class _Bar:
         if self._tqdm is not None:
             self._tqdm.update(done - self.done)
         else:
-            print(f"\rdinoscope: {self.label} {done}/{self.total}", end="", file=sys.stderr, flush=True)
+            elapsed = max(time.perf_counter() - self._started, 1e-9)
+            print(f"\rdinoscope: {self.label} {done}/{self.total} ({done / elapsed:.2f} images/s)", end="",
+                  file=sys.stderr, flush=True)
         self.done = done
 
     def close(self) -> None:
@@ -505,7 +682,20 @@ def _notices_on_stderr():
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: one-line errors and exit code 2 for bad input; tracebacks only with --debug."""
+    """Entry point: one-line errors and exit code 2 for bad input; tracebacks only with --debug.
+
+    The "dinoscope" logger is pointed at stderr for the run and restored afterwards, so calling
+    main() in-process (tests, notebooks) leaves logging as it found it.
+    """
+    logger = logging.getLogger("dinoscope")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    try:
+        return _main(argv)
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
+
+
+def _main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("DINOSCOPE_DEBUG") == "1"
     from .files import sigterm_as_interrupt

@@ -414,42 +414,55 @@ class Extractor:
         total, done = len(sources), 0
         for start in range(0, total, window):
             images = [self.load(s) for s in sources[start:start + window]]
-            results: list = [None] * len(images)
-            keys: list = [None] * len(images)
-            todo = []
-            for i, image in enumerate(images):
-                if self.cache is not None:
-                    keys[i] = self.cache_key(image)
-                    hit = self.cache.get(keys[i]) if keys[i] is not None else None
-                    if hit is not None:
-                        results[i] = hit
-                        done += 1
-                        continue
-                todo.append(i)
-            if progress is not None and done:
-                progress(done, total)
-            if todo:
-                backbone = self.backbone
-                backbone.layer_index(self.layer)  # bad layer: fail before the forward pass
-                base = done
 
-                def step(n, _base=base):
-                    if progress is not None:
-                        progress(_base + n, total)
+            def step(n, _base=done):
+                if progress is not None:
+                    progress(_base + n, total)
 
-                fresh = extract_batch(backbone, [images[i] for i in todo], resolution=self.resolution,
-                                      layers=[self.layer], normed=self.normed, batch_size=self.batch_size,
-                                      progress=step)
-                self.forward_passes += len(todo)
-                done += len(todo)
-                for i, feats in zip(todo, fresh):
-                    results[i] = feats[0]
-                    if self.cache is not None:
-                        key = self.cache_key(images[i])  # after loading: the revision actually used
-                        if key is not None:
-                            self.cache.put(key, results[i])
+            results = self.features_of(images, progress=step)
+            done += len(images)
             for image, feats in zip(images, results):
                 yield image, feats
+
+    def features_of(self, images: Sequence, *, progress=None) -> list[Features]:
+        """Features of already loaded RGB images, in order: cache hits first, misses batched by input size.
+
+        `progress(done)` is called as images complete (hits count at once).
+        """
+        results: list = [None] * len(images)
+        todo = []
+        done = 0
+        for i, image in enumerate(images):
+            if self.cache is not None:
+                key = self.cache_key(image)
+                hit = self.cache.get(key) if key is not None else None
+                if hit is not None:
+                    results[i] = hit
+                    done += 1
+                    continue
+            todo.append(i)
+        if progress is not None and done:
+            progress(done)
+        if todo:
+            backbone = self.backbone
+            backbone.layer_index(self.layer)  # bad layer: fail before the forward pass
+            base = done
+
+            def step(n):
+                if progress is not None:
+                    progress(base + n)
+
+            fresh = extract_batch(backbone, [images[i] for i in todo], resolution=self.resolution,
+                                  layers=[self.layer], normed=self.normed, batch_size=self.batch_size,
+                                  progress=step)
+            self.forward_passes += len(todo)
+            for i, feats in zip(todo, fresh):
+                results[i] = feats[0]
+                if self.cache is not None:
+                    key = self.cache_key(images[i])  # after loading: the revision actually used
+                    if key is not None:
+                        self.cache.put(key, results[i])
+        return results
 
     def layers(self, source, layers: Sequence[int]):
         """(RGB image, [Features per layer]) from one forward pass."""

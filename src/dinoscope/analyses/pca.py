@@ -75,6 +75,21 @@ class PCABasis:
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         z = (x - mean) / scale
         cov = z.T @ z / (n - 1)
+        basis = cls.from_covariance(mean, scale, cov, n_components)
+        proj = z @ basis.components.double().T
+        basis.low, basis.high = proj.min(0).values.float(), proj.max(0).values.float()
+        return basis
+
+    @classmethod
+    def from_covariance(cls, mean, scale, cov, n_components: int) -> "PCABasis":
+        """The basis of standardised data from its moments: mean (D,), scale (D,) and the (D, D) covariance
+        of the standardised data, all float64. `low`/`high` are left empty (NaN) for the caller to fill:
+        `PCABasis.fit` takes them from its data, a streaming fit from a second pass over the projections."""
+        import torch
+
+        d = cov.shape[0]
+        if n_components < 1 or n_components > d:
+            raise InputError(f"number of PCA components must be between 1 and {d}")
         # ascending; exact even on flat spectra. One thread: this 768 x 768 float64 problem is too small to
         # split, and on a busy 2-core CPU the threaded LAPACK took 1-4 s instead of 0.1-0.3 s
         threads = torch.get_num_threads()
@@ -88,9 +103,8 @@ class PCABasis:
         peak = components.abs().argmax(dim=1)
         signs = torch.sign(components[torch.arange(n_components), peak])
         components = components * signs[:, None]
-        proj = z @ components.T
-        return cls(mean.float(), scale.float(), components.float(), proj.min(0).values.float(),
-                   proj.max(0).values.float(), values[order].float())
+        empty = torch.full((n_components,), float("nan"))
+        return cls(mean.float(), scale.float(), components.float(), empty, empty.clone(), values[order].float())
 
     @property
     def n_components(self) -> int:
