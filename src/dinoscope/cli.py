@@ -653,16 +653,7 @@ def ui(
                              dtype=dtype, max_upload_bytes=int(max_upload_mb * 1_000_000), max_pixels=max_pixels)
     typer.echo(f"dinoscope explorer: {url}  (Ctrl+C to stop)", err=False)
     sys.stdout.flush()
-    try:
-        import time
-
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        app_.close()
-        app_.dinoscope_engine.close()
+    webui.serve_until_interrupted(app_)
 
 
 @contextlib.contextmanager

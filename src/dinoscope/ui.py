@@ -907,8 +907,13 @@ def launch(model: str | os.PathLike = DEFAULT_MODEL, *, host: str = "127.0.0.1",
                footer_links=[], show_error=False)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     url = f"http://{shown}:{app.server_port}/" if ":" not in shown else f"http://[{shown}]:{app.server_port}/"
-    if not block:
-        return app, url
+    if block:
+        serve_until_interrupted(app)
+    return app, url
+
+
+def serve_until_interrupted(app) -> None:
+    """Keep a launched explorer running until Ctrl+C (or SIGTERM), then close it and its engine."""
     try:
         while True:
             time.sleep(3600)
@@ -916,5 +921,4 @@ def launch(model: str | os.PathLike = DEFAULT_MODEL, *, host: str = "127.0.0.1",
         pass
     finally:
         app.close()
-        engine.close()
-    return app, url
+        app.dinoscope_engine.close()
