@@ -282,23 +282,27 @@ def _decode(fp: BinaryIO, label: str, max_pixels: int | None) -> Image.Image:
         raise _error(f"{label} is damaged or not a supported image ({_brief(exc)}); re-download or re-export it") from exc
 
     with image:
-        try:
-            size = image.size
-        except Exception as exc:
-            raise _error(f"{label} is damaged ({_brief(exc)}); re-download or re-export it") from exc
-        # Refuse oversized images from the header alone, before any pixel is decoded.
-        _check_size(size, label, max_pixels)
-        try:
-            image.load()
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise _bomb_error(label, exc, max_pixels) from exc
-        except MemoryError as exc:
-            raise _error(f"{label} needs more memory to decode than is available; shrink the image") from exc
-        except Exception as exc:
-            raise _error(f"{label} is truncated or damaged ({_brief(exc)}); re-download or re-export it") from exc
-        # Some formats (GIF frames, ICO, JPEG draft) settle their size only while loading.
-        _check_size(image.size, label, max_pixels)
+        _load_within_limits(image, label, max_pixels, "re-download or re-export it")
         return _finish(image, label)
+
+
+def _load_within_limits(image: Image.Image, label: str, max_pixels: int | None, remedy: str) -> None:
+    """Decode `image`'s pixels, refusing it from its header alone when it is too large."""
+    try:
+        size = image.size
+    except Exception as exc:
+        raise _error(f"{label} is damaged ({_brief(exc)}); {remedy}") from exc
+    _check_size(size, label, max_pixels)
+    try:
+        image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _bomb_error(label, exc, max_pixels) from exc
+    except MemoryError as exc:
+        raise _error(f"{label} needs more memory to decode than is available; shrink the image") from exc
+    except Exception as exc:
+        raise _error(f"{label} is truncated or damaged ({_brief(exc)}); {remedy}") from exc
+    # Some formats (GIF frames, ICO, JPEG draft) settle their size only while loading.
+    _check_size(image.size, label, max_pixels)
 
 
 _TRANSPOSE = {
@@ -407,18 +411,7 @@ def _load_path(raw: str | os.PathLike, max_pixels: int | None) -> Image.Image:
 
 def _load_pil(image: Image.Image, max_pixels: int | None) -> Image.Image:
     label = "the PIL image"
-    try:
-        size = image.size
-    except Exception as exc:
-        raise _error(f"{label} is damaged ({_brief(exc)}); re-open or re-create it") from exc
-    _check_size(size, label, max_pixels)
-    try:
-        image.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise _bomb_error(label, exc, max_pixels) from exc
-    except Exception as exc:
-        raise _error(f"{label} could not be decoded; it is truncated or damaged ({_brief(exc)})") from exc
-    _check_size(image.size, label, max_pixels)
+    _load_within_limits(image, label, max_pixels, "re-open or re-create it")
     return _finish(image, label)
 
 
