@@ -8,14 +8,13 @@ import os
 import time
 from pathlib import Path
 
+from dinoscope.models.loading import vit_architecture
+
 DEFAULT_ID = "facebook/dinov3-vitb16-pretrain-lvd1689m"
 SMALL_ID = "facebook/dinov3-vits16-pretrain-lvd1689m"
 FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
-VITB16 = dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
-              num_register_tokens=4, patch_size=16, layerscale_value=1.0, key_bias=False, query_bias=True,
-              value_bias=True, proj_bias=True, mlp_bias=True, use_gated_mlp=False, rope_theta=100.0,
-              layer_norm_eps=1e-5, image_size=224)
-VITS16 = dict(VITB16, hidden_size=384, intermediate_size=1536, num_attention_heads=6)
+VITB16 = vit_architecture("vitb16")
+VITS16 = vit_architecture("vits16")
 MODELS = {DEFAULT_ID: VITB16, SMALL_ID: VITS16}
 
 

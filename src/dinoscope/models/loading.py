@@ -144,6 +144,22 @@ def load_model(source: str | os.PathLike = DEFAULT_MODEL, *, device: str | None 
     return backbone
 
 
+def vit_architecture(name: str) -> dict:
+    """DINOv3ViTConfig arguments for registry entry `name` (a DINOv3 ViT), as released."""
+    from .registry import MODELS
+
+    spec = MODELS.get(name)
+    if spec is None or spec.family != "dinov3-vit":
+        choices = ", ".join(n for n, m in MODELS.items() if m.family == "dinov3-vit")
+        raise ModelError(f"no random architecture {name!r}; use random:NAME with NAME one of {choices}")
+    return dict(hidden_size=spec.width, num_hidden_layers=spec.depth, num_attention_heads=spec.heads,
+                intermediate_size=spec.width * (2 if name.startswith("vit7b") else 4),
+                num_register_tokens=spec.registers, patch_size=spec.patch_size,
+                use_gated_mlp=name.endswith("plus") or name.startswith("vit7b"),  # S+, H+ and 7B use SwiGLU
+                key_bias=False, query_bias=True, value_bias=True, proj_bias=True, mlp_bias=True,
+                layerscale_value=1.0, rope_theta=100.0, layer_norm_eps=1e-5, image_size=224)
+
+
 def random_model(name: str):
     """A DINOv3 ViT with the architecture of registry entry `name` and random weights (seed 0).
 
@@ -153,17 +169,7 @@ def random_model(name: str):
     import torch
     from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
-    from .registry import MODELS
-
-    spec = MODELS.get(name)
-    if spec is None or spec.family != "dinov3-vit":
-        choices = ", ".join(n for n, m in MODELS.items() if m.family == "dinov3-vit")
-        raise ModelError(f"no random architecture {name!r}; use random:NAME with NAME one of {choices}")
-    gated = name.endswith("plus") or name.startswith("vit7b")  # S+, H+ and 7B use a SwiGLU MLP
-    config = DINOv3ViTConfig(hidden_size=spec.width, num_hidden_layers=spec.depth, num_attention_heads=spec.heads,
-                             intermediate_size=spec.width * (2 if name.startswith("vit7b") else 4),
-                             num_register_tokens=spec.registers, patch_size=spec.patch_size, use_gated_mlp=gated,
-                             key_bias=False, layerscale_value=1.0, rope_theta=100.0, layer_norm_eps=1e-5)
+    config = DINOv3ViTConfig(**vit_architecture(name))
     with torch.random.fork_rng(devices=[]):  # a fixed seed without touching the caller's random state
         torch.manual_seed(0)
         return DINOv3ViTModel(config).eval()
