@@ -106,6 +106,7 @@ class FeatureCache:
         self.hits = 0
         self.misses = 0
         self._write_failed = False
+        self._bytes: int | None = None  # size of the folder as last known to this process
 
     def __repr__(self) -> str:
         return f"FeatureCache({str(self.folder)!r}, max_bytes={self.max_bytes})"
@@ -153,7 +154,16 @@ class FeatureCache:
             self._write_failed = True
             log.warning(f"the feature cache in {self.folder} cannot be written ({exc}); continuing without it")
             return None
-        self.evict()
+        # a running total, so a long run does not list the whole folder after every write; a scan
+        # (which also sees other processes' entries) happens only when the bound may be exceeded
+        if self._bytes is None:
+            self._bytes = self.size()
+        else:
+            with contextlib.suppress(OSError):
+                self._bytes += path.stat().st_size
+        if self._bytes > self.max_bytes:
+            self.evict()
+            self._bytes = self.size()
         return path
 
     def entries(self) -> list[tuple[Path, os.stat_result]]:
