@@ -155,10 +155,13 @@ def _run(parser: argparse.ArgumentParser, body, argv) -> int:
     return 0
 
 
-def _native(args, source):
+def _native(args, *sources):
+    """(image, Features) for each source at native size, from one model load; one pair for one source."""
     from .features import Extractor
 
-    return Extractor(args.model_name, device=args.device or "auto", resolution=NATIVE_WITH_BUDGET)(source)
+    extractor = Extractor(args.model_name, device=args.device or "auto", resolution=NATIVE_WITH_BUDGET)
+    results = extractor.extract_many(sources)
+    return results[0] if len(sources) == 1 else results
 
 
 def _save(picture, args, name: str) -> None:
@@ -220,8 +223,7 @@ def run_matching(argv=None) -> int:
         name = Path(args.out_name)
         if name.name != args.out_name or name.name in ("", ".", ".."):
             raise InputError(f"--out_name {args.out_name!r} must be a plain file name; put folders in --output_dir")
-        img1, f1 = _native(args, args.input_path1)
-        img2, f2 = _native(args, args.input_path2)
+        (img1, f1), (img2, f2) = _native(args, args.input_path1, args.input_path2)
         picture, _ = matches_view(f1, f2, img1, img2, top_k=args.top_k, max_lines=args.max_lines, seed=args.seed)
         _save(picture, args, args.out_name)
 
