@@ -223,3 +223,10 @@ def test_bad_input_as_a_real_process(tiny_model_dir, tmp_path):
 def test_debug_shows_the_traceback(tiny_model_dir, tmp_path):
     result = run("norms", tmp_path / "nope.png", "--model", tiny_model_dir, "--debug")
     assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_all_on_the_samples_matches_each_against_the_given_image(cli, tiny_model_dir, tmp_path):
+    result = cli("all", "--match", "sample:coffee", "--model", tiny_model_dir, "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    matches = sorted(p.name for p in tmp_path.glob("*_matches.png"))
+    assert matches == ["astronaut_coffee_matches.png", "chelsea_coffee_matches.png"]

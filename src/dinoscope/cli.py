@@ -331,10 +331,11 @@ def run_all(
         _save(pca_view(feats), out, f"{stem}_pca.png")
         _save(similarity_view(feats, centre, img), out, f"{stem}_similarity.png")
         _save(similarity_view(feats, CLS, img), out, f"{stem}_similarity_cls.png")
-    pairs = [(image, match_with)] if match_with else list(zip(sources, sources[1:])) if image is None else []
+    if match_with:
+        pairs = [(source, match_with) for source in sources if source != match_with]
+    else:
+        pairs = list(zip(sources, sources[1:])) if image is None else []  # the samples, pairwise
     for a, b in pairs:
-        if b not in seen:
-            seen[b] = extractor(b)
         (img_a, fa), (img_b, fb) = seen[a], seen[b]
         picture, _ = matches_view(fa, fb, img_a, img_b, method=method, top_k=top_k, max_lines=max_lines, seed=seed)
         _save(picture, out, f"{_stem(a)}_{_stem(b)}_matches.png")
@@ -369,8 +370,8 @@ def extract(
     extractor = _extractor(model, device, dtype, resolution, max_tokens, max_pixels, layer, prenorm, no_cache,
                            cache_dir, batch_size)
     started = time.perf_counter()
-    for name, (_, feats) in zip(_unique_stems(images), extractor.iter_many(images)):
-        typer.echo(f"wrote {feats.save(out / f'{name}.safetensors')}")
+    for source, (_, feats) in zip(images, extractor.iter_many(images)):  # one image: several make a collection
+        typer.echo(f"wrote {feats.save(out / f'{_stem(source)}.safetensors')}")
     elapsed = time.perf_counter() - started
     hits = extractor.cache.hits if extractor.cache is not None else 0
     typer.echo(f"extracted {len(images)} image(s) into {out} in {elapsed:.2f} s: {len(images) / elapsed:.2f} images/s "
@@ -463,7 +464,7 @@ def _collection(kind: str, images: list[str], options: dict, given: dict) -> int
     engine = (g.get("engine") or "local").strip().lower()
     if engine not in ("local", "ray"):
         raise InputError(f"unknown --engine {engine!r}; use local or ray")
-    items = expand_inputs(images)
+    items = expand_inputs(images, exclude=g["out"])
     if not items:
         raise InputError("the inputs name no images; give files, a folder, a glob or @LIST.txt")
     job = Job(kind, options)
@@ -502,17 +503,6 @@ def _collection(kind: str, images: list[str], options: dict, given: dict) -> int
     typer.echo(f"{verb} {summary.ok} of {summary.total} input(s) into {out} in {summary.seconds:.2f} s: {rate:.2f} "
                f"images/s ({how}); {summary.failed} failed{skipped}; manifest {summary.manifest}")
     return summary.exit_code
-
-
-def _unique_stems(sources: list[str]) -> list[str]:
-    """Output names from the sources; repeats get _2, _3... so no file overwrites another."""
-    seen: dict[str, int] = {}
-    names = []
-    for source in sources:
-        stem = _stem(source)
-        seen[stem] = seen.get(stem, 0) + 1
-        names.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
-    return names
 
 
 class _Bar:
