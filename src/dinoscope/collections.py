@@ -80,10 +80,25 @@ def is_collection(specs: Sequence[str]) -> bool:
     return os.path.isdir(spec) or (_is_glob(spec) and not os.path.exists(spec))
 
 
-def _walk(folder: Path) -> list[Path]:
+def _inside(path: Path | str, folder: Path | None) -> bool:
+    """True when `path` is `folder` or lies under it (both resolved; None excludes nothing)."""
+    if folder is None:
+        return False
+    try:
+        Path(path).resolve().relative_to(folder)
+    except (ValueError, OSError, RuntimeError):
+        return False
+    return True
+
+
+def _walk(folder: Path, exclude: Path | None = None) -> list[Path]:
+    """Image files under `folder`, recursively, skipping hidden entries and the folder `exclude` (the output
+    folder: a second run must not read its own pictures) unless `folder` itself lies inside it."""
+    if exclude is not None and _inside(folder, exclude):
+        exclude = None  # the user named the output folder (or a folder in it) on purpose
     found = []
     for root, dirs, files in os.walk(folder, followlinks=False):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not _inside(Path(root) / d, exclude))
         for f in files:
             if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES:
                 found.append(Path(root) / f)
@@ -115,43 +130,69 @@ def _read_list(spec: str) -> list[str]:
     return out
 
 
-def expand_inputs(specs: Sequence[str]) -> list[Item]:
-    """The inputs a command line names, in a stable order, each with a unique output name."""
+def expand_inputs(specs: Sequence[str], exclude: str | os.PathLike | None = None) -> list[Item]:
+    """The inputs a command line names, in a stable order, each with a unique output name.
+
+    `exclude`: the output folder; folders and globs skip it and everything under it (files named one by one
+    are kept).
+    """
+    skip = Path(exclude).expanduser().resolve() if exclude is not None else None
     raw: list[tuple[str, str]] = []
     for spec in specs:
         if spec.startswith("@"):
             for line in _read_list(spec):
-                raw.extend(_expand_one(line, in_list=True))
+                raw.extend(_expand_one(line, in_list=True, exclude=skip))
         else:
-            raw.extend(_expand_one(spec))
-    seen: dict[str, int] = {}
-    items = []
-    for source, name in raw:
+            raw.extend(_expand_one(spec, exclude=skip))
+    return [Item(source, name) for (source, _), name in zip(raw, _unique_names([name for _, name in raw]))]
+
+
+def _unique_names(names: Sequence[str]) -> list[str]:
+    """`names` with repeats (case-insensitive) renamed NAME_2, NAME_3...: never a name taken by any other input."""
+    taken = {n.lower() for n in names}
+    used: set[str] = set()
+    counters: dict[str, int] = {}
+    out = []
+    for name in names:
         key = name.lower()
-        seen[key] = seen.get(key, 0) + 1
-        items.append(Item(source, name if seen[key] == 1 else f"{name}_{seen[key]}"))
-    return items
+        if key not in used:
+            used.add(key)
+            out.append(name)
+            continue
+        n = counters.get(key, 1)
+        while True:
+            n += 1
+            candidate = f"{name}_{n}"
+            if candidate.lower() not in taken:
+                break
+        counters[key] = n
+        taken.add(candidate.lower())
+        used.add(candidate.lower())
+        out.append(candidate)
+    return out
 
 
-def _expand_one(spec: str, in_list: bool = False) -> list[tuple[str, str]]:
+def _expand_one(spec: str, in_list: bool = False, exclude: Path | None = None) -> list[tuple[str, str]]:
     if _is_remote(spec):
         return [(spec, _url_or_sample_stem(spec))]
     path = Path(spec).expanduser()
     if path.is_dir():
-        files = _walk(path)
+        files = _walk(path, exclude)
         if not files and not in_list:
             raise InputError(f"the folder {spec} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES)[:6])}, ...)")
         return [(os.fspath(f), _rel_name(f, path)) for f in files]
     if _is_glob(spec) and not path.exists():
         matches = sorted(p for p in globmod.glob(os.path.expanduser(spec), recursive=True) if os.path.isfile(p))
-        if not matches and not in_list:
-            raise InputError(f"no files match {spec}; check the pattern (quote it so the shell does not expand it)")
         fixed = []
         for part in Path(os.path.expanduser(spec)).parts:
             if _is_glob(part):
                 break
             fixed.append(part)
         base = Path(*fixed) if fixed else Path(".")
+        if exclude is not None and not _inside(base, exclude):
+            matches = [m for m in matches if not _inside(m, exclude)]
+        if not matches and not in_list:
+            raise InputError(f"no files match {spec}; check the pattern (quote it so the shell does not expand it)")
         return [(m, _rel_name(Path(m), base)) for m in matches]
     return [(spec, _safe(path.stem))]  # a file (or a missing one: its error is recorded when it is loaded)
 

@@ -1,0 +1,84 @@
+"""Review fixes for collections: own output skipped, unique names, model errors stop the run, resume basis, Ray."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dinoscope.cli import main
+from dinoscope.collections import Item, Job, expand_inputs, read_manifest, run_collection
+from dinoscope.errors import InputError, ModelError
+from dinoscope.features import Extractor
+
+
+def picture(path: Path, seed: int = 0, size=(48, 32)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def cli(capsys, *args):
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# --------------------------------------------------------------------------- 1. the output folder is not an input
+
+
+def test_folder_and_glob_skip_the_output_folder(tmp_path):
+    root = tmp_path / "photos"
+    picture(root / "a.png")
+    picture(root / "sub" / "b.png", 1)
+    out = root / "dinoscope-out"
+    picture(out / "a_norms.png", 2)
+    picture(out / "dinoscope-out" / "a_norms.png", 3)
+    names = [it.name for it in expand_inputs([str(root)], exclude=out)]
+    assert names == ["a", "sub/b"]
+    globbed = [it.name for it in expand_inputs([str(root / "**" / "*.png")], exclude=out)]
+    assert globbed == ["a", "sub/b"]
+    # a relative output folder is resolved like the inputs
+    import os
+    cwd = os.getcwd()
+    try:
+        os.chdir(root)
+        assert [it.name for it in expand_inputs(["."], exclude="dinoscope-out")] == ["a", "sub/b"]
+    finally:
+        os.chdir(cwd)
+    # naming the output folder itself is on purpose: it is read
+    assert [it.name for it in expand_inputs([str(out)], exclude=out)] == ["a_norms", "dinoscope-out/a_norms"]
+
+
+def test_second_run_in_the_current_folder_does_not_read_its_own_output(tmp_path, tiny_model_dir, monkeypatch,
+                                                                       capsys):
+    root = tmp_path / "photos"
+    picture(root / "a.png")
+    picture(root / "b.png", 1)
+    monkeypatch.chdir(root)
+    for _ in range(2):
+        code, stdout, stderr = cli(capsys, "norms", ".", "-m", tiny_model_dir, "--no-progress", "--no-cache")
+        assert code == 0 and "2 of 2 input(s)" in stdout, stderr
+    assert not (root / "dinoscope-out" / "dinoscope-out").exists()
+    assert sorted(r["name"] for r in read_manifest(root / "dinoscope-out").values()) == ["a", "b"]
+
+
+# --------------------------------------------------------------------------- 2. unique output names
+
+
+def test_renamed_duplicates_never_take_another_inputs_name(tmp_path):
+    files = [picture(tmp_path / n, i) for i, n in enumerate(["tom.jpg", "tom.png", "tom_2.jpg"])]
+    names = [it.name for it in expand_inputs([str(f) for f in files])]
+    assert len({n.lower() for n in names}) == 3, names
+    assert names[0] == "tom" and names[2] == "tom_2" and names[1] == "tom_3"
+
+    more = ["x/Tom.png", "y/tom.png", "tom_2.png", "z/tom.png", "TOM_3.png", "tom_2.gif"]
+    for rel in more:
+        picture(tmp_path / "more" / rel)
+    got = [it.name.rsplit("/", 1)[-1] for it in expand_inputs([str(tmp_path / "more" / r) for r in more])]
+    assert len({n.lower() for n in got}) == len(got), got
