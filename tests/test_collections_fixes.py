@@ -82,3 +82,43 @@ def test_renamed_duplicates_never_take_another_inputs_name(tmp_path):
         picture(tmp_path / "more" / rel)
     got = [it.name.rsplit("/", 1)[-1] for it in expand_inputs([str(tmp_path / "more" / r) for r in more])]
     assert len({n.lower() for n in got}) == len(got), got
+
+
+# --------------------------------------------------------------------------- 3. model errors stop the run
+
+
+@pytest.mark.parametrize("kind", ["norms", "pca"])
+def test_a_model_that_cannot_load_is_one_error_not_one_per_image(tmp_path, kind, capsys, monkeypatch):
+    for i in range(3):
+        picture(tmp_path / "in" / f"p{i}.png", i)
+    import dinoscope.models as models
+
+    calls = []
+    real = models.load_model
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(models, "load_model", counting)
+    code, stdout, stderr = cli(capsys, kind, tmp_path / "in", "-m", tmp_path / "nonexistent", "-o", tmp_path / "out",
+                               "--no-progress", "--no-cache")
+    assert code == 2, (stdout, stderr)
+    assert stderr.count("\n") == 1 and "PCA needs" not in stderr and "Traceback" not in stderr, stderr
+    assert len(calls) == 1
+    assert not any(r["status"] == "failed" for r in read_manifest(tmp_path / "out").values())
+
+
+class _FlakyBatches(Extractor):
+    """Runs out of memory on any batch of more than one image."""
+
+    def features_of(self, images, **kw):
+        if len(images) > 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return super().features_of(images, **kw)
+
+
+def test_a_batch_that_runs_out_of_memory_falls_back_to_one_image_at_a_time(tmp_path, tiny_model_dir):
+    items = [Item(str(picture(tmp_path / "in" / f"p{i}.png", i)), f"p{i}") for i in range(3)]
+    summary = run_collection(items, _FlakyBatches(tiny_model_dir), Job("norms"), tmp_path / "out")
+    assert summary.ok == 3 and summary.failed == 0

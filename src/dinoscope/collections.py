@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Iterator, Sequence
 
-from .errors import DinoscopeError, InputError
+from .errors import DinoscopeError, InputError, ModelError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".jfif", ".ppm",
                             ".pgm", ".pbm", ".tga", ".ico", ".avif", ".heic"})
@@ -344,12 +344,16 @@ class Summary:
         return 1 if self.failed else 0
 
 
+_RETRIED = (DinoscopeError, ValueError, RuntimeError)  # what one input can cause (RuntimeError: out of memory too)
+
+
 def stream_features(extractor, items: Sequence[Item], on_error: Callable[[Item, str], None],
                     window: int = 32) -> Iterator[tuple[Item, object, object]]:
     """(item, image, features) for every input that loads and extracts; failures go to `on_error`.
 
-    Loads `window` images at a time, extracts them in batches; a batch that fails is retried one
-    image at a time so a single bad input never costs the others.
+    Loads `window` images at a time, extracts them in batches; a batch that fails (a bad input, or a
+    batch too big for memory) is retried one image at a time so a single bad input never costs the
+    others. A `ModelError` (the model cannot be loaded) is no input's fault: it stops the run.
     """
     for start in range(0, len(items), window):
         loaded = []
@@ -362,7 +366,9 @@ def stream_features(extractor, items: Sequence[Item], on_error: Callable[[Item, 
             continue
         try:
             results = extractor.features_of([im for _, im in loaded])
-        except DinoscopeError:
+        except ModelError:
+            raise
+        except _RETRIED:
             results = None
         if results is not None:
             for (item, image), feats in zip(loaded, results):
@@ -371,7 +377,9 @@ def stream_features(extractor, items: Sequence[Item], on_error: Callable[[Item, 
         for item, image in loaded:
             try:
                 feats = extractor.features_of([image])[0]
-            except (DinoscopeError, ValueError, RuntimeError) as exc:
+            except ModelError:
+                raise
+            except _RETRIED as exc:
                 on_error(item, str(exc) if isinstance(exc, DinoscopeError) else f"{type(exc).__name__}: {exc}")
                 continue
             yield item, image, feats
@@ -486,6 +494,8 @@ def run_collection(items: Sequence[Item], extractor, job: Job, out: str | os.Pat
         for item, image, feats in stream_features(extractor, live, on_write_error):
             try:
                 outputs = job.write(out, item.name, image, feats)
+            except ModelError:
+                raise
             except DinoscopeError as exc:
                 on_write_error(item, str(exc))
                 continue
