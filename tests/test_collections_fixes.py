@@ -122,3 +122,42 @@ def test_a_batch_that_runs_out_of_memory_falls_back_to_one_image_at_a_time(tmp_p
     items = [Item(str(picture(tmp_path / "in" / f"p{i}.png", i)), f"p{i}") for i in range(3)]
     summary = run_collection(items, _FlakyBatches(tiny_model_dir), Job("norms"), tmp_path / "out")
     assert summary.ok == 3 and summary.failed == 0
+
+
+# --------------------------------------------------------------------------- 4. resume with a saved basis that does not fit
+
+
+def _first_pca_run(tmp_path, model):
+    items = [Item(str(picture(tmp_path / "in" / f"p{i}.png", i)), f"p{i}") for i in range(3)]
+    out = tmp_path / "out"
+    summary = run_collection(items, Extractor(model), Job("pca"), out)
+    assert summary.ok == 3
+    return items, out
+
+
+def _all_still_ok(out):
+    records = read_manifest(out)
+    assert len(records) == 3 and all(r["status"] == "ok" for r in records.values()), records
+
+
+def test_resume_with_a_basis_of_too_few_components_is_one_error(tmp_path, tiny_model_dir):
+    items, out = _first_pca_run(tmp_path, tiny_model_dir)
+    with pytest.raises(InputError, match="has 3 components, this run needs 4"):
+        run_collection(items, Extractor(tiny_model_dir), Job("pca", {"components": (3,)}), out, resume=True)
+    _all_still_ok(out)
+
+
+def test_resume_with_a_basis_for_other_features_is_one_error(tmp_path, tiny_model_dir):
+    import torch
+
+    from dinoscope.analyses import PCABasis
+
+    items, out = _first_pca_run(tmp_path, tiny_model_dir)
+    other = PCABasis.fit(torch.randn(50, 7), 4)
+    other.save(out / "pca_basis.safetensors")
+    (out / "p1_pca.png").unlink()  # one input to redo
+    with pytest.raises(InputError, match="7-dim features") as err:
+        run_collection(items, Extractor(tiny_model_dir), Job("pca"), out, resume=True)
+    assert "\n" not in str(err.value)
+    records = read_manifest(out)
+    assert [r["status"] for r in records.values()] == ["ok", "ok", "ok"]

@@ -200,6 +200,18 @@ def _expand_one(spec: str, in_list: bool = False, exclude: Path | None = None) -
 # --------------------------------------------------------------------------- jobs
 
 
+class BasisMismatch(InputError):
+    """The PCA basis does not fit the job or the features: every input would fail, so the run stops."""
+
+
+def check_basis(basis, job: "Job", where) -> None:
+    """One InputError when a saved `basis` has fewer components than `job` draws."""
+    have = int(basis.components.shape[0])
+    if have < job.n_components:
+        raise BasisMismatch(f"the saved PCA basis {where} has {have} components, this run needs {job.n_components}; "
+                            "delete it (or run without --resume) to fit a new one")
+
+
 @dataclass
 class Job:
     """What to make from each image. Plain data (picklable) so cluster workers run the same code.
@@ -247,8 +259,9 @@ class Job:
         if self.kind == "norms":
             return [views.norms_view(features, image, cmap=o.get("cmap", "inferno"), alpha=o.get("alpha", 0.0))]
         if self.basis is not None and self.basis.mean.shape[0] != features.dim:
-            raise InputError(f"the PCA basis is for {self.basis.mean.shape[0]}-dim features, this model gives "
-                             f"{features.dim}; fit a new one or use the model it was fitted with")
+            raise BasisMismatch(f"the PCA basis is for {self.basis.mean.shape[0]}-dim features, this model gives "
+                                f"{features.dim}; fit a new one (delete it, or run without --resume) or use the "
+                                "model it was fitted with")
         if self.kind == "pca":
             return [views.pca_view(features, self.basis, components=list(o.get("components", (0, 1, 2))),
                                    cmap=o.get("cmap", "viridis"), smooth=o.get("smooth", False))]
@@ -474,6 +487,7 @@ def run_collection(items: Sequence[Item], extractor, job: Job, out: str | os.Pat
             target = Path(basis_path) if basis_path is not None else out / BASIS_FILE
             if resume and target.is_file():
                 job.basis = PCABasis.load(target)
+                check_basis(job.basis, job, target)
             else:
                 job.basis = fit_collection_basis(extractor, items, job.n_components, on_error, progress)
                 job.basis.save(target)
@@ -494,7 +508,7 @@ def run_collection(items: Sequence[Item], extractor, job: Job, out: str | os.Pat
         for item, image, feats in stream_features(extractor, live, on_write_error):
             try:
                 outputs = job.write(out, item.name, image, feats)
-            except ModelError:
+            except (ModelError, BasisMismatch):
                 raise
             except DinoscopeError as exc:
                 on_write_error(item, str(exc))

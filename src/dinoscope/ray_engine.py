@@ -34,8 +34,8 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from .collections import (BASIS_FILE, Item, Job, Summary, _ManifestWriter, complete, failed_record, read_manifest,
-                          stream_features)
+from .collections import (BASIS_FILE, BasisMismatch, Item, Job, Summary, _ManifestWriter, check_basis, complete,
+                          failed_record, read_manifest, stream_features)
 from .errors import DinoscopeError, InputError, ModelError
 
 INSTALL = 'pip install "dinoscope[ray]"'
@@ -146,6 +146,8 @@ class _Worker:
             for item, image, feats in stream_features(self.extractor, items, on_error):
                 try:
                     records[item.name] = _ok(item, self.job.write(self.out, item.name, image, feats), feats, image)
+                except BasisMismatch:
+                    raise  # every input would fail: the driver stops the run with this one line
                 except DinoscopeError as exc:
                     on_error(item, str(exc))
         rows = [records.get(it.name) or failed_record(it, "no result from the worker") for it in items]
@@ -319,6 +321,7 @@ def run_on_ray(items: Sequence[Item], extractor, job: Job, out, *, resume: bool 
                 target = Path(basis_path) if basis_path is not None else out / BASIS_FILE
                 if resume and target.is_file():
                     job.basis = PCABasis.load(target)
+                    check_basis(job.basis, job, target)
                 else:
                     moments = Moments()
                     for records, states in phase("fit", items):
