@@ -665,18 +665,9 @@ def _notices_on_stderr():
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one-line errors and exit code 2 for bad input; tracebacks only with --debug.
 
-    The "dinoscope" logger is pointed at stderr for the run and restored afterwards, so calling
-    main() in-process (tests, notebooks) leaves logging as it found it.
+    Notices go to stderr for the run only (`_notices_on_stderr` restores the "dinoscope" logger), so
+    calling main() in-process (tests, notebooks) leaves logging as it found it.
     """
-    logger = logging.getLogger("dinoscope")
-    saved = (logger.handlers[:], logger.level, logger.propagate)
-    try:
-        return _main(argv)
-    finally:
-        logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
-
-
-def _main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("DINOSCOPE_DEBUG") == "1"
     from .files import sigterm_as_interrupt
