@@ -161,3 +161,27 @@ def test_resume_with_a_basis_for_other_features_is_one_error(tmp_path, tiny_mode
     assert "\n" not in str(err.value)
     records = read_manifest(out)
     assert [r["status"] for r in records.values()] == ["ok", "ok", "ok"]
+
+
+# --------------------------------------------------------------------------- 5. Ray cannot start
+
+
+@pytest.mark.parametrize("address", ["ray://nowhere.invalid:10001", ""])
+def test_ray_that_cannot_start_is_one_line(tmp_path, tiny_model_dir, monkeypatch, capsys, address):
+    ray = pytest.importorskip("ray")
+
+    def refuse(*args, **kwargs):
+        raise ConnectionError("Failed to connect to the cluster\nlong Ray traceback text")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setenv("RAY_ADDRESS", address)
+    picture(tmp_path / "in" / "a.png")
+    picture(tmp_path / "in" / "b.png", 1)
+    code, stdout, stderr = cli(capsys, "norms", tmp_path / "in", "-m", tiny_model_dir, "-o", tmp_path / "out",
+                               "--engine", "ray", "--no-progress")
+    assert code == 2 and stderr.count("\n") == 1 and "Traceback" not in stderr, stderr
+    if address:
+        assert f"cannot reach the Ray cluster at {address}" in stderr and "RAY_ADDRESS" in stderr
+    else:
+        assert "cannot start a local Ray cluster" in stderr

@@ -65,13 +65,21 @@ def ray_session(num_cpus: int | None = None):
     saved_auth = os.environ.get("RAY_AUTH_MODE")
     try:
         if address:
-            ray.init(address=address, runtime_env={"py_modules": [os.fspath(package)]}, **quiet)
+            try:
+                ray.init(address=address, runtime_env={"py_modules": [os.fspath(package)]}, **quiet)
+            except Exception as exc:  # ConnectionError, TimeoutError, ValueError, RuntimeError... from Ray
+                raise InputError(f"cannot reach the Ray cluster at {address} ({_first_line(exc)}); check RAY_ADDRESS "
+                                 "or unset it to start a local one") from exc
         else:
             os.environ["RAY_AUTH_MODE"] = "disabled"  # else Ray writes a token under the home folder
             temp = tempfile.mkdtemp(prefix="dsray", dir="/tmp" if os.path.isdir("/tmp") else None)  # short: socket paths
             python_path = os.pathsep.join(filter(None, [os.fspath(package.parent), os.environ.get("PYTHONPATH")]))
-            ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, _temp_dir=temp,
-                     runtime_env={"env_vars": {"PYTHONPATH": python_path}}, **quiet)
+            try:
+                ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, _temp_dir=temp,
+                         runtime_env={"env_vars": {"PYTHONPATH": python_path}}, **quiet)
+            except Exception as exc:
+                raise InputError(f"cannot start a local Ray cluster ({_first_line(exc)}); check that Ray works here "
+                                 "(ray start --head) or use --engine local") from exc
         loggers = [logging.getLogger(n) for n in ("ray", "ray.data")]
         levels = [lg.level for lg in loggers]
         for lg in loggers:
@@ -94,6 +102,11 @@ def ray_session(num_cpus: int | None = None):
             os.environ["RAY_AUTH_MODE"] = saved_auth
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 class _Worker:
