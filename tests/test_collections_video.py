@@ -113,3 +113,37 @@ def test_video_errors_are_one_line(tmp_path, tiny_model_dir, capsys, monkeypatch
     code = main(["video", str(not_video), "-m", str(tiny_model_dir)])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and 'pip install "dinoscope[video]"' in err
+
+
+def test_a_damaged_tail_is_skipped_with_a_notice(tmp_path, monkeypatch, caplog):
+    import contextlib
+    import logging
+
+    from dinoscope import video
+
+    clip = tmp_path / "clip.mp4"
+    make_clip(clip, n=6)
+    real_open = video._open
+
+    @contextlib.contextmanager
+    def damaged(path):
+        with real_open(path) as container:
+            real_decode = container.decode
+
+            class Wrapped:
+                streams = container.streams
+
+                def decode(self, stream):
+                    for i, frame in enumerate(real_decode(stream)):
+                        if i == 4:
+                            raise av.error.InvalidDataError(1094995529, "Invalid data found when processing input")
+                        yield frame
+
+            yield Wrapped()
+
+    monkeypatch.setattr(video, "_open", damaged)
+    with caplog.at_level(logging.WARNING, logger="dinoscope"):
+        frames = list(video.iter_frames(clip))
+    assert len(frames) == 4
+    notices = [r.getMessage() for r in caplog.records if r.name == "dinoscope"]
+    assert len(notices) == 1 and "after frame 4" in notices[0] and "skipped" in notices[0], notices

@@ -8,6 +8,7 @@ length except for the GIFs, whose (downscaled) frames Pillow holds until it writ
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -65,11 +66,12 @@ def iter_frames(path, *, stride: int = 1, max_frames: int | None = None) -> Iter
         raise InputError(f"--stride must be at least 1, got {stride}")
     if max_frames is not None and max_frames < 1:
         raise InputError(f"--max-frames must be at least 1, got {max_frames}")
-    taken = 0
+    taken = decoded = 0
     with _open(path) as container:
         stream = container.streams.video[0]
         try:
             for i, frame in enumerate(container.decode(stream)):
+                decoded = i + 1
                 if i % stride:
                     continue
                 yield frame.to_image().convert("RGB")
@@ -82,7 +84,11 @@ def iter_frames(path, *, stride: int = 1, max_frames: int | None = None) -> Iter
             if taken == 0:
                 raise InputError(f"{os.fspath(path)} could not be decoded ({type(exc).__name__}: {exc}); "
                                  "re-encode it as H.264 mp4") from None
-            return  # a damaged tail: keep the frames decoded so far
+            # a damaged tail: keep the frames decoded so far, and say so
+            logging.getLogger("dinoscope").warning(
+                "%s: decoding stopped after frame %d (%s: %s); the damaged rest of the video is skipped",
+                os.fspath(path), decoded, type(exc).__name__, " ".join(str(exc).split()))
+            return
 
 
 class VideoWriter:
