@@ -98,15 +98,9 @@ def _cache(no_cache: bool, cache_dir: Optional[Path]):
 
 
 def _stem(source: str | None) -> str:
-    from urllib.parse import unquote, urlparse
+    from .files import output_stem
 
-    if source is None:
-        return "chelsea"
-    if source.startswith("sample:"):
-        return source[len("sample:"):]
-    name = Path(unquote(urlparse(source).path) if "://" in source else source).stem
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._")
-    return safe or "image"
+    return "chelsea" if source is None else output_stem(source)
 
 
 def _save(picture, out: Path, name: str) -> Path:

@@ -26,10 +26,11 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 from .errors import DinoscopeError, InputError, ModelError
+from .files import output_stem, safe_name
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".jfif", ".ppm",
                             ".pgm", ".pbm", ".tga", ".ico", ".avif", ".heic"})
@@ -44,19 +45,6 @@ class Item:
 
     source: str
     name: str
-
-
-def _safe(part: str) -> str:
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in part).strip(".")
-    return safe or "image"
-
-
-def _url_or_sample_stem(source: str) -> str:
-    from urllib.parse import unquote, urlparse
-
-    if source.lower().startswith("sample:"):
-        return _safe(source[len("sample:"):])
-    return _safe(PurePosixPath(unquote(urlparse(source).path)).stem)
 
 
 def _is_glob(text: str) -> bool:
@@ -107,8 +95,8 @@ def _walk(folder: Path, exclude: Path | None = None) -> list[Path]:
 
 def _rel_name(path: Path, base: Path) -> str:
     rel = path.relative_to(base) if base is not None else Path(path.name)
-    parts = [_safe(p) for p in rel.parent.parts if p not in ("", ".")]
-    return "/".join([*parts, _safe(rel.stem)])
+    parts = [safe_name(p) for p in rel.parent.parts if p not in ("", ".")]
+    return "/".join([*parts, safe_name(rel.stem)])
 
 
 def _read_list(spec: str) -> list[str]:
@@ -174,7 +162,7 @@ def _unique_names(names: Sequence[str]) -> list[str]:
 
 def _expand_one(spec: str, in_list: bool = False, exclude: Path | None = None) -> list[tuple[str, str]]:
     if _is_remote(spec):
-        return [(spec, _url_or_sample_stem(spec))]
+        return [(spec, output_stem(spec))]
     path = Path(spec).expanduser()
     if path.is_dir():
         files = _walk(path, exclude)
@@ -194,7 +182,7 @@ def _expand_one(spec: str, in_list: bool = False, exclude: Path | None = None) -
         if not matches and not in_list:
             raise InputError(f"no files match {spec}; check the pattern (quote it so the shell does not expand it)")
         return [(m, _rel_name(Path(m), base)) for m in matches]
-    return [(spec, _safe(path.stem))]  # a file (or a missing one: its error is recorded when it is loaded)
+    return [(spec, safe_name(path.stem))]  # a file (or a missing one: its error is recorded when it is loaded)
 
 
 # --------------------------------------------------------------------------- jobs

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Iterator
 
 from .errors import InputError
@@ -34,6 +34,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def safe_name(text: str, default: str = "image") -> str:
+    """A file-name part of letters, digits, "-", "_" and "."; never empty, hidden, "." or ".."."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip(".")
+    return safe or default
+
+
+def output_stem(source: str, default: str = "image") -> str:
+    """The name the outputs of `source` (a path, an http(s) URL or sample:NAME) are called by."""
+    from urllib.parse import unquote, urlparse
+
+    if source.lower().startswith("sample:"):
+        return safe_name(source[len("sample:"):], default)
+    path = unquote(urlparse(source).path) if "://" in source else source
+    return safe_name(PurePath(path).stem, default)
 
 
 def save_image(image, path: str | os.PathLike) -> Path:

@@ -13,10 +13,13 @@ patches at once (to float rounding).
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from .analyses.pca import PCABasis
 from .errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _rows(data) -> "torch.Tensor":
@@ -101,8 +104,6 @@ class Range:
         self.low, self.high = low, high
 
     def update(self, basis: PCABasis, data) -> "Range":
-        import torch
-
         x = _rows(data)
         if x.shape[0] == 0:
             return self

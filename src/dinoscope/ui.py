@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import DinoscopeError, InputError
+from .files import safe_name
 
 log = logging.getLogger("dinoscope")
 
@@ -413,9 +414,7 @@ class Engine:
 
 
 def _safe_name(name: str) -> str:
-    stem = Path(name).stem
-    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem).strip("_")[:60]
-    return safe or "image"
+    return safe_name(Path(name).stem)[:60]
 
 
 # ---------------------------------------------------------------------------

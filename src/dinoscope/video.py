@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import InputError
+from .files import safe_name
 
 INSTALL = 'pip install "dinoscope[video]"'
 GIF_MAX_SIDE = 480
@@ -222,7 +223,7 @@ def run_video(path, extractor, out, *, stride: int = 1, max_frames: int | None =
     if max_frames:
         total = min(total, max_frames) if total else max_frames
     fps = info.fps / stride
-    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in path.stem).strip("._") or "video"
+    stem = safe_name(path.stem, "video")
     result = VideoResult(fps=fps)
     frames = lambda: iter_frames(path, stride=stride, max_frames=max_frames)  # noqa: E731
     batch = max(1, getattr(extractor, "batch_size", 8))
