@@ -384,8 +384,11 @@ class Extractor:
             self._identity = (os.fspath(self.model_source), *found)
         return self._identity
 
-    def cache_key(self, image):
-        """The cache key of `image` under these settings, or None when the model cannot be identified unloaded."""
+    def cache_key(self, image, digest: str | None = None):
+        """The cache key of `image` under these settings, or None when the model cannot be identified unloaded.
+
+        `digest` is `image_digest(image)` when the caller already has it (hashing a large image is not free).
+        """
         from .cache import CacheKey
         from .images import image_digest
         from .models.loading import resolve_dtype
@@ -395,7 +398,8 @@ class Extractor:
             return None
         source, revision, patch = identity
         dtype = str(resolve_dtype(self.dtype)).removeprefix("torch.")
-        return CacheKey(source, revision, patch, image_digest(image), str(self.resolution), self.resolution.max_tokens,
+        return CacheKey(source, revision, patch, digest or image_digest(image), str(self.resolution),
+                        self.resolution.max_tokens,
                         self.layer, self.normed, dtype)
 
     def __call__(self, source):
@@ -429,12 +433,15 @@ class Extractor:
 
         `progress(done)` is called as images complete (hits count at once).
         """
+        from .images import image_digest
+
         results: list = [None] * len(images)
+        digests = [image_digest(image) for image in images] if self.cache is not None else []
         todo = []
         done = 0
         for i, image in enumerate(images):
             if self.cache is not None:
-                key = self.cache_key(image)
+                key = self.cache_key(image, digests[i])
                 hit = self.cache.get(key) if key is not None else None
                 if hit is not None:
                     results[i] = hit
@@ -459,7 +466,7 @@ class Extractor:
             for i, feats in zip(todo, fresh):
                 results[i] = feats[0]
                 if self.cache is not None:
-                    key = self.cache_key(images[i])  # after loading: the revision actually used
+                    key = self.cache_key(images[i], digests[i])  # after loading: the revision actually used
                     if key is not None:
                         self.cache.put(key, results[i])
         return results
