@@ -185,3 +185,23 @@ def test_ray_that_cannot_start_is_one_line(tmp_path, tiny_model_dir, monkeypatch
         assert f"cannot reach the Ray cluster at {address}" in stderr and "RAY_ADDRESS" in stderr
     else:
         assert "cannot start a local Ray cluster" in stderr
+
+
+def test_pca_collection_computes_each_image_once_even_with_a_tiny_user_cache(tiny_model_dir, tmp_path, capsys,
+                                                                                monkeypatch):
+    from PIL import Image
+
+    from dinoscope.cli import main
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, colour in enumerate(["red", "green", "blue"]):
+        Image.new("RGB", (64 + 16 * i, 48), colour).save(photos / f"p{i}.png")
+    monkeypatch.setenv("DINOSCOPE_CACHE_SIZE", "1")  # the user's cache keeps nothing between passes
+    capsys.readouterr()
+    code = main(["pca", str(photos), "-m", str(tiny_model_dir), "-o", str(tmp_path / "out"),
+                 "--cache-dir", str(tmp_path / "cache")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "(3 computed" in out  # fit, colour range and drawing passes share one forward pass per image
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".dinoscope-scratch")]

@@ -210,3 +210,44 @@ def _consistent(features) -> bool:
     p = features.patches
     return (p.ndim == 3 and tuple(p.shape[:2]) == (g.rows, g.cols) and features.cls.shape == (p.shape[-1],)
             and features.registers.ndim == 2)
+
+
+class _LayeredCache:
+    """A private, unbounded cache in front of the user's: reads try it first, writes go to both."""
+
+    def __init__(self, front: FeatureCache, back: FeatureCache | None):
+        self.front, self.back = front, back
+
+    @property
+    def hits(self) -> int:
+        return self.front.hits + (self.back.hits if self.back is not None else 0)
+
+    def get(self, key: CacheKey):
+        found = self.front.get(key)
+        if found is None and self.back is not None:
+            found = self.back.get(key)
+            if found is not None:
+                self.front.put(key, found)
+        return found
+
+    def put(self, key: CacheKey, features) -> None:
+        self.front.put(key, features)
+        if self.back is not None:
+            self.back.put(key, features)
+
+
+@contextlib.contextmanager
+def scratch_cache(extractor, folder: Path):
+    """For runs that read every image more than once (a collection's PCA fit, a video): a private cache
+    in `folder` in front of the extractor's own, deleted at the end, so no pass recomputes an image
+    however small the user's cache is (a bounded cache would evict the run's own entries)."""
+    import tempfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    saved = extractor.cache
+    with tempfile.TemporaryDirectory(prefix=".dinoscope-scratch-", dir=folder) as tmp:
+        extractor.cache = _LayeredCache(FeatureCache(tmp, max_bytes=1 << 62), saved)
+        try:
+            yield
+        finally:
+            extractor.cache = saved

@@ -21,6 +21,7 @@ workers and runs the very same per-image code.
 
 from __future__ import annotations
 
+import contextlib
 import glob as globmod
 import json
 import os
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
+from .cache import scratch_cache
 from .errors import DinoscopeError, InputError, ModelError
 from .files import output_stem, safe_name
 
@@ -459,56 +461,46 @@ def run_collection(items: Sequence[Item], extractor, job: Job, out: str | os.Pat
             failed[item.name] = message
             manifest.add(failed_record(item, message))
 
-    scratch = None
-    if job.needs_basis and job.basis is None and todo and extractor.cache is None:
-        # the fit reads every image twice before writing; without a feature cache, a private one
-        # (deleted at the end) saves two of the three forward passes
-        import tempfile
-
-        from .cache import FeatureCache
-
-        scratch = tempfile.TemporaryDirectory(prefix=".dinoscope-scratch-", dir=out)
-        extractor.cache = FeatureCache(scratch.name, max_bytes=1 << 62)
+    # the fit reads every image twice before writing: a private cache saves two of the three forward passes
+    fitting = job.needs_basis and job.basis is None and bool(todo)
     passes_before = extractor.forward_passes
     try:
-        if job.needs_basis and job.basis is None and todo:
-            target = Path(basis_path) if basis_path is not None else out / BASIS_FILE
-            if resume and target.is_file():
-                job.basis = PCABasis.load(target)
-                check_basis(job.basis, job, target)
-            else:
-                job.basis = fit_collection_basis(extractor, items, job.n_components, on_error, progress)
-                job.basis.save(target)
-            summary.basis_path = os.fspath(target)
-        live = [it for it in todo if it.name not in failed]
-        processed = 0
+        with scratch_cache(extractor, out) if fitting else contextlib.nullcontext():
+            if job.needs_basis and job.basis is None and todo:
+                target = Path(basis_path) if basis_path is not None else out / BASIS_FILE
+                if resume and target.is_file():
+                    job.basis = PCABasis.load(target)
+                    check_basis(job.basis, job, target)
+                else:
+                    job.basis = fit_collection_basis(extractor, items, job.n_components, on_error, progress)
+                    job.basis.save(target)
+                summary.basis_path = os.fspath(target)
+            live = [it for it in todo if it.name not in failed]
+            processed = 0
 
-        def step() -> None:
-            nonlocal processed
-            processed += 1
-            if progress:
-                progress("writing", processed, len(live))
+            def step() -> None:
+                nonlocal processed
+                processed += 1
+                if progress:
+                    progress("writing", processed, len(live))
 
-        def on_write_error(item: Item, message: str) -> None:
-            on_error(item, message)
-            step()
+            def on_write_error(item: Item, message: str) -> None:
+                on_error(item, message)
+                step()
 
-        for item, image, feats in stream_features(extractor, live, on_write_error):
-            try:
-                outputs = job.write(out, item.name, image, feats)
-            except (ModelError, BasisMismatch):
-                raise
-            except DinoscopeError as exc:
-                on_write_error(item, str(exc))
-                continue
-            manifest.add(ok_record(item, outputs, feats, image))
-            step()
-        summary.computed = extractor.forward_passes - passes_before
+            for item, image, feats in stream_features(extractor, live, on_write_error):
+                try:
+                    outputs = job.write(out, item.name, image, feats)
+                except (ModelError, BasisMismatch):
+                    raise
+                except DinoscopeError as exc:
+                    on_write_error(item, str(exc))
+                    continue
+                manifest.add(ok_record(item, outputs, feats, image))
+                step()
+            summary.computed = extractor.forward_passes - passes_before
     finally:
         manifest.flush()
-        if scratch is not None:
-            extractor.cache = None
-            scratch.cleanup()
     summary.failures = [(r["source"], r.get("error", "")) for r in manifest.records.values() if r.get("status") != "ok"]
     summary.failed = sum(1 for r in manifest.records.values() if r.get("status") != "ok")
     summary.ok = sum(1 for r in manifest.records.values() if r.get("status") == "ok")

@@ -15,6 +15,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
 
+from .cache import scratch_cache
 from .errors import InputError
 from .files import safe_name
 
@@ -228,16 +229,7 @@ def run_video(path, extractor, out, *, stride: int = 1, max_frames: int | None =
     frames = lambda: iter_frames(path, stride=stride, max_frames=max_frames)  # noqa: E731
     batch = max(1, getattr(extractor, "batch_size", 8))
 
-    scratch = None
-    if basis is None and extractor.cache is None:  # fitting reads every frame twice before drawing
-        import tempfile
-
-        from .cache import FeatureCache
-
-        out.mkdir(parents=True, exist_ok=True)
-        scratch = tempfile.TemporaryDirectory(prefix=".dinoscope-scratch-", dir=out)
-        extractor.cache = FeatureCache(scratch.name, max_bytes=1 << 62)
-    try:
+    with scratch_cache(extractor, out):  # every frame is read by two or three passes
         # pass 1: similarity video (needs only the first frame's query) and the PCA moments
         moments = Moments()
         sim_gif = []
@@ -287,8 +279,4 @@ def run_video(path, extractor, out, *, stride: int = 1, max_frames: int | None =
                 if progress:
                     progress("frames: PCA video", i + 1, result.frames)
         result.outputs += [out / f"{stem}_pca.mp4", write_gif(pca_gif, out / f"{stem}_pca.gif", fps)]
-    finally:
-        if scratch is not None:
-            extractor.cache = None
-            scratch.cleanup()
     return result
