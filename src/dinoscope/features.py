@@ -200,7 +200,8 @@ def vit_parts(backbone):
     """(embeddings, rope or None, blocks, final norm) of a DINOv3 ViT or DINOv2 transformers model."""
     module = backbone.module
     if backbone.kind == "vit":
-        return module.embeddings, module.rope_embeddings, module.model.layer, module.norm
+        blocks = module.model.layer if hasattr(module, "model") else module.layer  # transformers 5 / 4.56
+        return module.embeddings, module.rope_embeddings, blocks, module.norm
     if backbone.kind == "dinov2":
         return module.embeddings, None, module.encoder.layer, module.layernorm
     from .errors import InputError
