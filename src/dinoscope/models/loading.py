@@ -382,10 +382,17 @@ def _download(repo_id: str) -> tuple[Path, str]:
 
 
 def _load_transformers_folder(folder: Path, source: str, attention: str):
-    from transformers import AutoConfig, AutoModel
-
     if not (folder / "config.json").is_file():
         raise ModelError(f"{source} has no config.json; pass a folder written by save_pretrained")
+    if attention == "sdpa":  # the common case skips importing transformers (about 2 s per process)
+        from . import vit
+
+        config = vit.read_config(folder)
+        model = vit.load_folder(folder, config) if config is not None else None
+        if model is not None:
+            return model
+    from transformers import AutoConfig, AutoModel
+
     try:
         config = AutoConfig.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
