@@ -22,7 +22,7 @@ NATIVE_WITH_BUDGET = Resolution("native")  # the scripts: native size, downscale
 
 
 def load_dinov3_model(model_name: str = DEFAULT_MODEL, device: str | None = None, dtype: str = "float32"):
-    """Load a backbone (a `dinoscope.Backbone`; its `.module` is the transformers model)."""
+    """Load a backbone (a `dinoscope.Backbone`; `.module` is the torch model, callable like transformers')."""
     from .models import load_model
 
     return load_model(model_name, device=device or "auto", dtype=dtype)
