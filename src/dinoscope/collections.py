@@ -202,6 +202,18 @@ def check_basis(basis, job: "Job", where) -> None:
                             "delete it (or run without --resume) to fit a new one")
 
 
+def resumed_basis(job, out: Path, basis_path, resume: bool):
+    """(where the collection's basis is saved, the saved basis to reuse on --resume or None)."""
+    from .analyses import PCABasis
+
+    target = Path(basis_path) if basis_path is not None else out / BASIS_FILE
+    if resume and target.is_file():
+        basis = PCABasis.load(target)
+        check_basis(basis, job, target)
+        return target, basis
+    return target, None
+
+
 @dataclass
 class Job:
     """What to make from each image. Plain data (picklable) so cluster workers run the same code.
@@ -444,8 +456,6 @@ def run_collection(items: Sequence[Item], extractor, job: Job, out: str | os.Pat
     written before and after an interruption share one colour scheme.
     `progress(phase, done, total)` is called as inputs complete.
     """
-    from .analyses import PCABasis
-
     out = Path(out)
     started = time.perf_counter()
     previous = read_manifest(out) if resume else {}
@@ -466,12 +476,9 @@ def run_collection(items: Sequence[Item], extractor, job: Job, out: str | os.Pat
     passes_before = extractor.forward_passes
     try:
         with scratch_cache(extractor, out) if fitting else contextlib.nullcontext():
-            if job.needs_basis and job.basis is None and todo:
-                target = Path(basis_path) if basis_path is not None else out / BASIS_FILE
-                if resume and target.is_file():
-                    job.basis = PCABasis.load(target)
-                    check_basis(job.basis, job, target)
-                else:
+            if fitting:
+                target, job.basis = resumed_basis(job, out, basis_path, resume)
+                if job.basis is None:
                     job.basis = fit_collection_basis(extractor, items, job.n_components, on_error, progress)
                     job.basis.save(target)
                 summary.basis_path = os.fspath(target)

@@ -34,8 +34,18 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from .collections import (BASIS_FILE, BasisMismatch, Item, Job, Summary, _ManifestWriter, check_basis, complete,
-                          failed_record, read_manifest, stream_features)
+from .collections import (
+    BasisMismatch,
+    Item,
+    Job,
+    Summary,
+    _ManifestWriter,
+    complete,
+    failed_record,
+    read_manifest,
+    resumed_basis,
+    stream_features,
+)
 from .errors import DinoscopeError, InputError, ModelError
 
 INSTALL = 'pip install "dinoscope[ray]"'
@@ -265,7 +275,6 @@ def _reraise(exc: BaseException):
 def run_on_ray(items: Sequence[Item], extractor, job: Job, out, *, resume: bool = False, basis_path=None,
                progress=None, num_cpus: int | None = None) -> Summary:
     """`run_collection` on Ray Data: same outputs, same manifest; see the module docstring."""
-    from .analyses import PCABasis
     from .streaming import Moments, Range
 
     require_ray()
@@ -331,11 +340,8 @@ def run_on_ray(items: Sequence[Item], extractor, job: Job, out, *, resume: bool 
                     _reraise(exc)
 
             if job.needs_basis and job.basis is None and todo:
-                target = Path(basis_path) if basis_path is not None else out / BASIS_FILE
-                if resume and target.is_file():
-                    job.basis = PCABasis.load(target)
-                    check_basis(job.basis, job, target)
-                else:
+                target, job.basis = resumed_basis(job, out, basis_path, resume)
+                if job.basis is None:
                     moments = Moments()
                     for records, states in phase("fit", items):
                         for r in records:
