@@ -10,10 +10,9 @@ and the default inputs are bundled photos instead of downloads.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from .errors import DinoscopeError, InputError
+from .errors import InputError
 from .geometry import Geometry, Resolution
 from .models import DEFAULT_MODEL
 
@@ -138,21 +137,10 @@ def _parser(description: str, pair: bool = False) -> argparse.ArgumentParser:
 
 
 def _run(parser: argparse.ArgumentParser, body, argv) -> int:
-    from .files import sigterm_as_interrupt
+    from .cli.errors import run_guarded
 
     args = parser.parse_args(argv)
-    try:
-        with sigterm_as_interrupt():
-            body(args)
-    except DinoscopeError as exc:
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return run_guarded(lambda: body(args), debug=args.debug, prog=None)
 
 
 def _native(args, *sources):

@@ -12,28 +12,21 @@ so it is cheap to import (no torch).
 
 from __future__ import annotations
 
-import base64
 import codecs
-import contextlib
 import errno
 import hashlib
-import http.client
 import io
 import os
 import re
-import socket
 import stat
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image
 
-from .errors import InputError
+from .download import DEFAULT_MAX_BYTES, fetch_url, url_label as _url_label
+from .errors import InputError, brief as _brief, clipped as _label, input_error as _error
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -47,8 +40,6 @@ __all__ = [
 
 #: Largest image (width * height) decoded unless the caller raises the limit.
 DEFAULT_MAX_PIXELS = 100_000_000
-#: Largest download accepted from a URL.
-DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 
 SAMPLES_DIR = Path(__file__).parent / "samples"
 #: Bundled sample photos (public domain, from scikit-image): name -> file path.
@@ -63,55 +54,7 @@ SAMPLE_PREFIX = "sample:"
 # Pillow formats never tried: EPS hands the file to Ghostscript, an external program.
 _BLOCKED_FORMATS = frozenset({"EPS"})
 
-# Content types accepted from a web server besides image/*; other types are refused.
-_BINARY_CONTENT_TYPES = frozenset(
-    {
-        "application/octet-stream",
-        "binary/octet-stream",
-        "application/binary",
-        "application/x-binary",
-        "application/unknown",
-        "application/download",
-        "application/x-download",
-        "application/force-download",
-    }
-)
-
 _URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")
-_USER_AGENT = "dinoscope/0.1 (+https://github.com/; python-urllib)"
-_REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
-_LABEL_MAX = 200
-
-
-# ---------------------------------------------------------------------------
-# small helpers
-
-
-def _one_line(text: str) -> str:
-    """Replace line breaks and other control characters so a message never spans lines."""
-    return re.sub(r"[\x00-\x1f\x7f\x85\u2028\u2029]+", " ", text)
-
-
-def _label(text: str) -> str:
-    text = _one_line(str(text))
-    if len(text) > _LABEL_MAX:
-        text = text[: _LABEL_MAX - 3] + "..."
-    return text
-
-
-def _brief(exc: BaseException) -> str:
-    """A short one-line description of a library exception for a message."""
-    detail = _one_line(str(exc)).strip()
-    name = type(exc).__name__
-    if not detail:
-        return name
-    if len(detail) > 120:
-        detail = detail[:117] + "..."
-    return detail
-
-
-def _error(message: str) -> InputError:
-    return InputError(_one_line(message))
 
 
 def _check_limit(max_pixels: int | None) -> int | None:
@@ -563,218 +506,3 @@ def image_digest(image: Image.Image) -> str:
     digest.update(f"dinoscope-rgb-v1:{width}x{height}:".encode("ascii"))
     digest.update(pixels)
     return digest.hexdigest()
-
-
-# ---------------------------------------------------------------------------
-# downloads
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """Let 3xx responses surface as HTTPError so fetch_url follows them itself."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D102
-        return None
-
-
-def _opener() -> urllib.request.OpenerDirector:
-    return urllib.request.build_opener(_NoRedirect())
-
-
-def _check_url(url: str) -> urllib.parse.SplitResult:
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError as exc:
-        raise _error(f"{_label(url)} is not a valid URL ({_brief(exc)}); check the address") from exc
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https"):
-        shown = f"{scheme}://" if scheme else "an address without http:// or https://"
-        raise _error(f"cannot download {_url_label(url)}: {shown} is not supported; use an http or https URL")
-    if not parts.hostname:
-        raise _error(f"{_url_label(url)} has no host name; give a full URL such as https://example.com/photo.jpg")
-    return parts
-
-
-def _url_label(url: str) -> str:
-    """The URL for messages, without any user:password@ part."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        if parts.username is not None or parts.password is not None:
-            host = parts.hostname or ""
-            if ":" in host:
-                host = f"[{host}]"
-            netloc = host + (f":{parts.port}" if parts.port else "")
-            url = urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-    except ValueError:
-        pass
-    return _label(url)
-
-
-def _quote_url(url: str) -> str:
-    """Percent-encode spaces and non-ASCII characters that http.client refuses."""
-    return urllib.parse.quote(url, safe=":/?#[]@!$&'()*+,;=%~")
-
-
-def _is_timeout(exc: BaseException) -> bool:
-    return isinstance(exc, (TimeoutError, socket.timeout)) or "timed out" in str(exc).lower()
-
-
-def _network_error(label: str, exc: BaseException, timeout: float) -> InputError:
-    reason = getattr(exc, "reason", exc)
-    if _is_timeout(reason) or _is_timeout(exc):
-        return _error(f"could not download {label}: no answer within the timeout of {timeout:g} s; try again later or download the file and pass its path")
-    return _error(
-        f"could not download {label}: {_brief(reason) if isinstance(reason, BaseException) else _one_line(str(reason))}; "
-        "check the address or your network; or download the file and pass its path"
-    )
-
-
-def fetch_url(
-    url: str,
-    *,
-    timeout: float = 20.0,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-    max_redirects: int = 5,
-    deadline: float | None = None,
-    opener: urllib.request.OpenerDirector | None = None,
-) -> bytes:
-    """Download an image over http(s) with the standard library and return its bytes.
-
-    `timeout` (seconds) bounds connecting and each wait for data; `deadline`
-    (seconds, default ``3 * timeout``) bounds the whole download, so a server that
-    trickles bytes forever is cut off. At most `max_bytes` are accepted, checked on
-    Content-Length and while streaming. Redirects are followed by hand, at most
-    `max_redirects` of them, only to http(s), and a loop is refused. A Content-Type
-    that is neither image/* nor a generic binary type (or absent) is refused.
-
-    `opener` replaces the default urllib opener (it must not follow redirects itself);
-    the web explorer passes one whose connections refuse private addresses.
-
-    Every failure raises :class:`InputError` with a one-line message.
-    """
-    if not isinstance(url, str):
-        raise _error(f"a URL must be a str, not {type(url).__name__}; pass it as text")
-    for name, value in (("timeout", timeout), ("deadline", deadline)):
-        if value is None and name == "deadline":
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise _error(f"the download {name} must be a positive number of seconds, not {value!r}")
-    for name, value in (("max_bytes", max_bytes), ("max_redirects", max_redirects)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "max_bytes" else 0):
-            raise _error(f"{name} must be a {'positive' if name == 'max_bytes' else 'non-negative'} whole number, not {value!r}")
-    total = 3.0 * timeout if deadline is None else float(deadline)
-    started = time.monotonic()
-    current = url.strip()
-    original = _url_label(current)
-    seen: set[str] = set()
-    opener = opener or _opener()
-    redirects = 0
-    while True:
-        _check_url(current)
-        seen.add(current)
-        label = _url_label(current)
-        remaining = total - (time.monotonic() - started)
-        if remaining <= 0:
-            raise _error(
-                f"could not download {original}: it took longer than {total:g} s; "
-                "try again later or download the file and pass its path"
-            )
-        try:
-            request = _request(current)
-            response = opener.open(request, timeout=min(timeout, remaining))
-        except urllib.error.HTTPError as exc:
-            try:
-                target = _redirect_target(exc, current, label)
-            finally:
-                with contextlib.suppress(Exception):
-                    exc.close()
-            redirects += 1
-            if target in seen:
-                raise _error(f"could not download {original}: the server redirects in a loop; give the final image URL") from exc
-            if redirects > max_redirects:
-                raise _error(f"could not download {original}: more than {max_redirects} redirects; give the final image URL") from exc
-            if urllib.parse.urlsplit(target).scheme.lower() not in ("http", "https"):
-                raise _error(f"could not download {original}: it redirects to a non-http(s) address; give the final image URL") from exc
-            current = target
-            continue
-        except urllib.error.URLError as exc:
-            raise _network_error(label, exc, timeout) from exc
-        except (http.client.HTTPException, OSError, ValueError, UnicodeError) as exc:
-            raise _network_error(label, exc, timeout) from exc
-        with response:
-            return _read_body(response, label, timeout, max_bytes, started, total)
-
-
-def _request(url: str) -> urllib.request.Request:
-    """A GET request; user:password@ in the URL becomes a Basic Authorization header."""
-    headers = {"User-Agent": _USER_AGENT, "Accept": "image/*,*/*;q=0.5", "Accept-Encoding": "identity"}
-    parts = urllib.parse.urlsplit(url)
-    if parts.username is not None or parts.password is not None:
-        user = urllib.parse.unquote(parts.username or "")
-        password = urllib.parse.unquote(parts.password or "")
-        token = base64.b64encode(f"{user}:{password}".encode("utf-8")).decode("ascii")
-        headers["Authorization"] = f"Basic {token}"
-        netloc = parts.netloc.rpartition("@")[2]
-        url = urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-    return urllib.request.Request(_quote_url(url), headers=headers)
-
-
-def _redirect_target(exc: urllib.error.HTTPError, current: str, label: str) -> str:
-    """The absolute URL a 3xx answer points to; InputError for any other HTTP error."""
-    if exc.code not in _REDIRECT_CODES:
-        reason = _one_line(str(exc.reason or http.client.responses.get(exc.code, ""))).strip()
-        raise _error(f"could not download URL: HTTP {exc.code} {reason} ({label}); check the address") from exc
-    location = exc.headers.get("Location") if exc.headers is not None else None
-    if not location or not location.strip():
-        raise _error(f"could not download {label}: HTTP {exc.code} redirect without a Location; give the final image URL") from exc
-    try:
-        return urllib.parse.urljoin(current, location.strip())
-    except ValueError as exc2:
-        raise _error(f"could not download {label}: it redirects to an invalid address; give the final image URL") from exc2
-
-
-def _read_body(response, label: str, timeout: float, max_bytes: int, started: float, total: float) -> bytes:
-    headers = response.headers
-    raw_type = headers.get("Content-Type") if headers is not None else None
-    if raw_type and raw_type.strip():
-        content_type = headers.get_content_type().lower()
-        if not (content_type.startswith("image/") or content_type in _BINARY_CONTENT_TYPES):
-            if content_type in ("text/html", "application/xhtml+xml"):
-                raise _error(f"the URL returned a web page ({content_type}), not an image; give the direct image URL ({label})")
-            raise _error(f"the URL returned {content_type}, not an image; give the direct image URL ({label})")
-    length = headers.get("Content-Length") if headers is not None else None
-    declared = None
-    if length is not None:
-        try:
-            declared = int(length.strip())
-        except ValueError:
-            declared = None
-        if declared is not None and declared > max_bytes:
-            raise _error(
-                f"could not download {label}: the file is {declared:,} bytes, more than the limit of {max_bytes:,} bytes; "
-                "download it yourself and pass its path"
-            )
-    body = bytearray()
-    try:
-        while True:
-            if time.monotonic() - started > total:
-                raise _error(f"could not download {label}: it took longer than {total:g} s; try again later or download the file and pass its path")
-            chunk = response.read1(65536)
-            if not chunk:
-                break
-            body += chunk
-            if len(body) > max_bytes:
-                raise _error(
-                    f"could not download {label}: it is larger than the limit of {max_bytes:,} bytes; "
-                    "download it yourself and pass its path"
-                )
-    except InputError:
-        raise
-    except (http.client.HTTPException, OSError, ValueError) as exc:
-        if _is_timeout(exc):
-            raise _error(f"could not download {label}: no data within the timeout of {timeout:g} s; try again later or download the file and pass its path") from exc
-        raise _error(f"could not download {label}: the connection broke ({_brief(exc)}); try again") from exc
-    if declared is not None and len(body) < declared:
-        raise _error(
-            f"could not download {label}: the connection broke after {len(body):,} of {declared:,} bytes; try again"
-        )
-    return bytes(body)

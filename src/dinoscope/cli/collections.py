@@ -1,0 +1,139 @@
+"""Commands over many inputs: `extract`, `video`, and any command given a collection of images."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import InputError
+from . import options as o
+from .options import BASIS, CACHE, COLLECTION, EXTRACTION, MODEL, CellOpt, Options, PatchOpt, PixelOpt, shared
+from .output import PhaseBars, stem
+
+MAX_FAILURES_SHOWN = 20
+
+
+def is_collection(images) -> bool:
+    from ..collections import is_collection as names_a_collection
+
+    return bool(images) and names_a_collection(images)
+
+
+def run(kind: str, images: list[str], job_options: dict, opts: Options) -> int:
+    """Run a command over a collection; prints the summary line and returns the exit code (1 if any input failed)."""
+    from ..collections import Job, expand_inputs, run_collection
+
+    o.check_batch_size(opts)
+    engine = (opts.engine or "local").strip().lower()
+    if engine not in ("local", "ray"):
+        raise InputError(f"unknown --engine {engine!r}; use local or ray")
+    items = expand_inputs(images, exclude=opts.out)
+    if not items:
+        raise InputError("the inputs name no images; give files, a folder, a glob or @LIST.txt")
+    job = Job(kind, job_options)
+    if opts.basis is not None:
+        from ..analyses import PCABasis
+
+        job.basis = PCABasis.load(opts.basis)
+    extractor = o.extractor(opts)
+    bars = PhaseBars(opts.progress)
+    try:
+        if engine == "ray":
+            from ..ray_engine import run_on_ray as runner
+        else:
+            runner = run_collection
+        summary = runner(items, extractor, job, Path(opts.out), resume=opts.resume, basis_path=opts.save_basis,
+                         progress=bars)
+    finally:
+        bars.close()
+    hits = extractor.cache.hits if extractor.cache is not None and engine == "local" else 0
+    _report(summary, kind, Path(opts.out), "on Ray" if engine == "ray" else f"{summary.computed} computed, "
+            f"{hits} from the cache")
+    return summary.exit_code
+
+
+def _report(summary, kind: str, out: Path, how: str) -> None:
+    for source, error in summary.failures[:MAX_FAILURES_SHOWN]:
+        print(f"dinoscope: failed: {error}" if source in error else f"dinoscope: failed: {source}: {error}",
+              file=sys.stderr)
+    if len(summary.failures) > MAX_FAILURES_SHOWN:
+        print(f"dinoscope: ... and {len(summary.failures) - MAX_FAILURES_SHOWN} more failures (see the manifest)",
+              file=sys.stderr)
+    if summary.basis_path:
+        typer.echo(f"PCA basis: {summary.basis_path}")
+    verb = "extracted" if kind == "extract" else "processed"
+    rate = (summary.ok - summary.skipped) / summary.seconds if summary.seconds > 0 else 0.0
+    skipped = f", {summary.skipped} already complete" if summary.skipped else ""
+    typer.echo(f"{verb} {summary.ok} of {summary.total} input(s) into {out} in {summary.seconds:.2f} s: {rate:.2f} "
+               f"images/s ({how}); {summary.failed} failed{skipped}; manifest {summary.manifest}")
+
+
+@shared(*EXTRACTION, "batch_size", "progress", "resume", "engine")
+def extract(
+    images: Annotated[list[str], typer.Argument(
+        help="Images to extract (paths, URLs or sample:NAME); a folder, a quoted glob or @LIST.txt runs a collection "
+             "(see `dinoscope pca --help`).")],
+    *, opts: Options,
+):
+    """Write each image's tokens to OUT/<name>.safetensors (keys cls, registers, patches; geometry in the metadata).
+
+    Images of the same input size are batched; throughput is reported at the end. Several images, a
+    folder, a glob or @LIST.txt also write OUT/manifest.jsonl; with --engine ray the features are
+    written as Parquet shards under OUT/features/.
+    """
+    o.check_batch_size(opts)
+    if is_collection(images):
+        return run("extract", images, {}, opts)
+    extractor = o.extractor(opts)
+    started = time.perf_counter()
+    for source, (_, feats) in zip(images, extractor.iter_many(images)):  # one image: several make a collection
+        typer.echo(f"wrote {feats.save(opts.out / f'{stem(source)}.safetensors')}")
+    elapsed = time.perf_counter() - started
+    hits = extractor.cache.hits if extractor.cache is not None else 0
+    typer.echo(f"extracted {len(images)} image(s) into {opts.out} in {elapsed:.2f} s: {len(images) / elapsed:.2f} "
+               f"images/s ({extractor.forward_passes} computed, {hits} from the cache)")
+
+
+@shared(*MODEL, "resolution", "max_tokens", "layer", "prenorm", *CACHE, "out", *BASIS, "batch_size", "progress")
+def video(
+    clip: Annotated[Path, typer.Argument(help="Video file (mp4, mkv, webm, mov, avi...).", show_default=False)],
+    stride: Annotated[int, typer.Option(help="Use every Nth frame.")] = 1,
+    max_frames: Annotated[int, typer.Option("--max-frames", help="Stop after this many frames (0 = all).")] = 0,
+    patch: Annotated[Optional[int], typer.Option(help="Query patch index on the first frame (-1 = CLS).")] = None,
+    cell: Annotated[Optional[str], typer.Option(help="Query patch on the first frame as ROW,COL.")] = None,
+    pixel: Annotated[Optional[str], typer.Option(help="Query point on the first frame as X,Y in pixels.")] = None,
+    cls: Annotated[bool, typer.Option("--cls", help="Query with the first frame's CLS token.")] = False,
+    *, opts: Options,
+):
+    """PCA colours beside every frame (one basis for the whole clip) and a query point from the first frame
+    followed through the clip; writes OUT/<name>_pca.mp4/.gif and OUT/<name>_similarity.mp4/.gif.
+
+    Needs PyAV: pip install "dinoscope[video]". Without a query, the centre patch is used.
+    """
+    from ..video import require_av, run_video
+
+    require_av()
+    o.check_batch_size(opts)
+    query = o.query(patch, cell, pixel, cls)
+    fitted = None
+    if opts.basis is not None:
+        from ..analyses import PCABasis
+
+        fitted = PCABasis.load(opts.basis)
+    extractor = o.extractor(opts)
+    extractor.max_pixels = None  # frames come decoded, not from files
+    bars = PhaseBars(opts.progress)
+    try:
+        result = run_video(clip, extractor, opts.out, stride=stride, max_frames=max_frames or None, query=query,
+                           basis=fitted, basis_path=opts.save_basis, progress=bars)
+    finally:
+        bars.close()
+    for path in result.outputs:
+        typer.echo(f"wrote {path}")
+    if result.basis_path:
+        typer.echo(f"PCA basis: {result.basis_path}")
+    typer.echo(f"{result.frames} frame(s) of {result.size[0]}x{result.size[1]} at {result.fps:.2f} fps")

@@ -1,0 +1,50 @@
+"""`dinoscope ui`: serve the interactive explorer."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from ..errors import InputError
+from .options import MODEL, Options, shared
+
+# The explorer's limits are its own (lower than the command line's: the images come from strangers).
+DEFAULT_UPLOAD_MB = 20.0
+DEFAULT_UI_PIXELS = 40_000_000
+
+
+@shared(*MODEL)
+def ui(
+    host: Annotated[str, typer.Option(help="Address to listen on. 127.0.0.1 keeps it on this machine; anything else "
+                                           "exposes it (a warning is printed).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0 = any free port).")] = 7860,
+    allow_urls: Annotated[bool, typer.Option("--allow-urls", help="Let users load images from public http(s) URLs "
+                                                                  "(never local or private addresses).")] = False,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest upload accepted, in MB.")] = DEFAULT_UPLOAD_MB,
+    max_pixels: Annotated[int, typer.Option("--max-pixels", help="Refuse images with more pixels than this.")] = DEFAULT_UI_PIXELS,
+    *, opts: Options,
+):
+    """Interactive explorer in the browser: click a patch and see its similarity map, PCA, norms, attention, matches.
+
+    Needs the ui extra: pip install 'dinoscope[ui]'.
+    """
+    if not 0 <= port <= 65535:
+        raise InputError(f"--port must be between 0 and 65535, not {port}")
+    if max_upload_mb <= 0 or max_pixels <= 0:
+        raise InputError("--max-upload-mb and --max-pixels must be positive")
+    try:
+        import gradio  # noqa: F401  (checked here so a missing extra gets a one-line message)
+    except ImportError:
+        raise InputError("the explorer needs Gradio; install it with: pip install 'dinoscope[ui]'") from None
+    from .. import ui as explorer
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    app, url = explorer.launch(opts.model, host=host, port=port, allow_urls=allow_urls, block=False,
+                               device=opts.device, dtype=opts.dtype, max_upload_bytes=int(max_upload_mb * 1_000_000),
+                               max_pixels=max_pixels)
+    typer.echo(f"dinoscope explorer: {url}  (Ctrl+C to stop)", err=False)
+    sys.stdout.flush()
+    explorer.serve_until_interrupted(app)

@@ -1,0 +1,210 @@
+"""The options every command shares, defined once: their flags and help, their defaults (read from the
+library), the one object they are gathered into, and the small parsers of option text.
+
+A command names the shared options it offers (`@shared(...)`) and receives them as one `Options`;
+its own options stay in its signature.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import InputError
+from ..geometry import DEFAULT_MAX_TOKENS
+from ..images import DEFAULT_MAX_PIXELS
+from ..models import DEFAULT_MODEL
+
+DEFAULT_SAMPLE = "sample:chelsea"
+SAMPLE_HELP = "Image path, http(s) URL or sample:NAME (chelsea, coffee, astronaut)"
+
+ImageArg = Annotated[Optional[str], typer.Argument(help=f"{SAMPLE_HELP}. Default: {DEFAULT_SAMPLE}.",
+                                                   show_default=False)]
+InputsArg = Annotated[Optional[list[str]], typer.Argument(
+    help=f"{SAMPLE_HELP}; default {DEFAULT_SAMPLE}. "
+         "Several images, a folder (searched recursively), a quoted glob ('photos/**/*.jpg') or @LIST.txt "
+         "(one path or URL per line) run as a collection: one output per input under --out, mirroring "
+         "folders, plus OUT/manifest.jsonl.", show_default=False)]
+CmapOpt = Annotated[str, typer.Option("--cmap", help="Matplotlib colormap name.")]
+PatchOpt = Annotated[Optional[int], typer.Option(help="Query patch index (row-major; -1 = CLS token).")]
+CellOpt = Annotated[Optional[str], typer.Option(help="Query patch as ROW,COL.")]
+PixelOpt = Annotated[Optional[str], typer.Option(help="Query point as X,Y in original-image pixels.")]
+MethodOpt = Annotated[str, typer.Option(help="hungarian (exact one-to-one) or mnn (mutual nearest neighbours).")]
+TopKOpt = Annotated[int, typer.Option("--top-k", help="Draw only the K best pairs (0 = use --max-lines).")]
+MaxLinesOpt = Annotated[int, typer.Option("--max-lines", help="Draw at most this many pairs, sampled at random.")]
+SeedOpt = Annotated[int, typer.Option(help="Seed of the line sampling.")]
+
+
+@dataclass
+class Options:
+    """What the shared options say, in one object; the defaults are the library's."""
+
+    model: str = DEFAULT_MODEL
+    device: str = "auto"
+    dtype: str = "float32"
+    resolution: str = "native"
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    layer: int = -1
+    prenorm: bool = False
+    no_cache: bool = False
+    cache_dir: Optional[Path] = None
+    out: Path = Path("dinoscope-out")
+    basis: Optional[Path] = None
+    save_basis: Optional[Path] = None
+    resume: bool = False
+    progress: Optional[bool] = None
+    engine: str = "local"
+    batch_size: int = 8
+    debug: bool = False
+
+
+# The flag and help of each field of Options.
+FLAGS = dict(
+    model=Annotated[str, typer.Option("--model", "-m", help="Short name (see `dinoscope models`), hub id, "
+                                      "save_pretrained folder, or .pth/.safetensors checkpoint.")],
+    device=Annotated[str, typer.Option("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")],
+    dtype=Annotated[str, typer.Option(
+        "--dtype", help="float32 or bfloat16 (float16 is not offered: DINOv3 overflows in it).")],
+    resolution=Annotated[str, typer.Option(
+        "--resolution", "-r", help="native (no resizing), short:N or long:N (side length, rounded to the patch size).")],
+    max_tokens=Annotated[int, typer.Option("--max-tokens", help="Downscale inputs above this many patches "
+                                                                "(0 = no limit).")],
+    max_pixels=Annotated[int, typer.Option("--max-pixels", help="Refuse images with more pixels than this.")],
+    layer=Annotated[int, typer.Option("--layer", help="Block to read (0-based; negative counts from the end).")],
+    prenorm=Annotated[bool, typer.Option("--prenorm", help="Use the block output before the final norm.")],
+    no_cache=Annotated[bool, typer.Option(
+        "--no-cache", help="Neither read nor write the on-disk feature cache (also: DINOSCOPE_CACHE=off).")],
+    cache_dir=Annotated[Optional[Path], typer.Option(
+        "--cache-dir", help="Feature cache folder (default $DINOSCOPE_CACHE, else $XDG_CACHE_HOME/dinoscope or "
+                            "~/.cache/dinoscope; size bound $DINOSCOPE_CACHE_SIZE, default 2G).", show_default=False)],
+    out=Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    basis=Annotated[Optional[Path], typer.Option(
+        "--pca-basis", "--basis", help="Apply this saved PCA basis (same colours across images and runs).",
+        show_default=False)],
+    save_basis=Annotated[Optional[Path], typer.Option(
+        "--save-pca-basis", "--save-basis", help="Save the fitted PCA basis to this .safetensors file (a collection "
+                                                 "always saves it, by default to OUT/pca_basis.safetensors).",
+        show_default=False)],
+    resume=Annotated[bool, typer.Option(
+        "--resume", help="Collections: skip inputs whose outputs are complete and recorded as ok in "
+                         "OUT/manifest.jsonl.")],
+    progress=Annotated[Optional[bool], typer.Option(
+        "--progress/--no-progress", help="Collections: show a progress bar (images/s) on stderr (default: when "
+                                         "stderr is a terminal).", show_default=False)],
+    engine=Annotated[str, typer.Option(
+        "--engine", help="Collections: local (this process) or ray (Ray Data; RAY_ADDRESS picks a cluster, else a "
+                         "local one is started). Needs pip install \"dinoscope[ray]\".")],
+    batch_size=Annotated[int, typer.Option("--batch-size", "-b", help="Images of one input size per forward pass.")],
+    debug=Annotated[bool, typer.Option("--debug", help="Show tracebacks.")],
+)
+assert set(FLAGS) == {f.name for f in fields(Options)}
+
+# The usual sets of shared options.
+MODEL = ("model", "device", "dtype")
+INPUT = ("resolution", "max_tokens", "max_pixels")
+READ = ("layer", "prenorm")
+CACHE = ("no_cache", "cache_dir")
+EXTRACTION = MODEL + INPUT + READ + CACHE + ("out",)
+BASIS = ("basis", "save_basis")
+COLLECTION = ("resume", "progress", "engine", "batch_size")
+_DEFAULTS = Options()
+
+
+def shared(*names: str):
+    """Give a command the shared options `names` (and --debug); it receives them as `opts: Options`.
+
+    Typer reads a command's signature, so the wrapper shows the command's own parameters followed by
+    the shared ones, each with its flag, help and the library's default.
+    """
+    names = tuple(dict.fromkeys((*names, "debug")))
+
+    def decorate(command):
+        own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "opts"]
+        extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=getattr(_DEFAULTS, name),
+                                   annotation=FLAGS[name]) for name in names]
+
+        @functools.wraps(command)
+        def run(**given):
+            opts = Options(**{name: given.pop(name) for name in names})
+            return command(**given, opts=opts)
+
+        del run.__wrapped__  # typer must see the signature below, not the command's own
+        run.__signature__ = inspect.Signature(own + extra)
+        run.__annotations__ = {p.name: p.annotation for p in own + extra}
+        return run
+
+    return decorate
+
+
+def pair(text: str, what: str, kind=int) -> tuple:
+    parts = text.replace(" ", "").split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        return kind(parts[0]), kind(parts[1])
+    except ValueError:
+        raise InputError(f"cannot read {what} {text!r}; write it as two numbers separated by a comma, e.g. 3,5") from None
+
+
+def query(patch: Optional[int], cell: Optional[str], pixel: Optional[str], cls: bool):
+    """The one query given by --patch, --cell, --pixel or --cls (None when none is)."""
+    from ..analyses import CLS, Patch, Pixel
+
+    given = [q for q in (patch is not None, cell is not None, pixel is not None, cls) if q]
+    if len(given) > 1:
+        raise InputError("give only one of --patch, --cell, --pixel or --cls")
+    if cls:
+        return CLS
+    if cell is not None:
+        return Patch(*pair(cell, "cell (row,col)"))
+    if pixel is not None:
+        return Pixel(*pair(pixel, "pixel (x,y)", float))
+    return patch
+
+
+def components(text: str) -> list[int]:
+    """--components as 0-based indices: one (a single map) or three (red, green, blue)."""
+    try:
+        picked = [int(c) - 1 for c in text.replace(" ", "").split(",") if c]
+    except ValueError:
+        raise InputError(f"cannot read components {text!r}; write 1-based numbers like 1,2,3 or 4") from None
+    if len(picked) not in (1, 3) or min(picked, default=0) < 0:
+        raise InputError(f"--components takes one or three 1-based numbers, got {text!r}")
+    return picked
+
+
+def layer_list(text: str) -> list[int]:
+    try:
+        picked = [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise InputError(f"cannot read layers {text!r}; write block indices separated by commas, e.g. 3,6,9,-1") from None
+    if not picked:
+        raise InputError("give at least one layer, e.g. --layers 3,6,9,-1")
+    return picked
+
+
+def check_batch_size(opts: Options) -> None:
+    if opts.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {opts.batch_size}")
+
+
+def extractor(opts: Options):
+    """The Extractor the options describe; an unusable device or dtype fails now, even when every image is cached."""
+    from ..cache import FeatureCache, cache_disabled_by_env
+    from ..features import Extractor
+    from ..geometry import Resolution
+    from ..models.loading import resolve_device, resolve_dtype
+
+    policy = Resolution.parse(opts.resolution, max_tokens=opts.max_tokens or None)
+    resolve_device(opts.device)
+    resolve_dtype(opts.dtype)
+    off = opts.no_cache or (opts.cache_dir is None and cache_disabled_by_env())
+    return Extractor(opts.model, device=opts.device, dtype=opts.dtype, resolution=policy, layer=opts.layer,
+                     normed=not opts.prenorm, max_pixels=opts.max_pixels, cache=None if off else FeatureCache(opts.cache_dir),
+                     batch_size=opts.batch_size)

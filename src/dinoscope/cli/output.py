@@ -1,0 +1,86 @@
+"""What commands write and print: output names, pictures and pair files, progress bars."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+from ..errors import InputError
+from ..files import output_stem, save_image, write_text
+
+
+def stem(source: str | None) -> str:
+    """The name part of the files written for `source` (the default sample when None)."""
+    return "chelsea" if source is None else output_stem(source)
+
+
+def save(picture, out: Path, name: str) -> Path:
+    path = save_image(picture, out / name)
+    typer.echo(f"wrote {path}")
+    return path
+
+
+def check_pairs_path(path: Path | None) -> None:
+    if path is not None and path.suffix.lower() not in (".csv", ".json"):
+        raise InputError(f"cannot tell the format of {path}; name it .csv or .json")
+
+
+def write_pairs(matches, path: Path) -> None:
+    check_pairs_path(path)
+    write_text(matches.to_csv() if path.suffix.lower() == ".csv" else matches.to_json(), path)
+    typer.echo(f"wrote {path}")
+
+
+class PhaseBars:
+    """One progress bar per phase of a run (fitting PCA, colour range, writing)."""
+
+    def __init__(self, enabled: bool | None):
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.phase, self.bar = None, None
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if phase != self.phase:
+            self.close()
+            self.phase, self.bar = phase, Bar(total, phase)
+        self.bar.update_to(done, total)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class Bar:
+    """A minimal stderr progress bar (tqdm when installed), driven by progress(done, total) calls."""
+
+    def __init__(self, total: int, label: str):
+        self.total, self.done, self.label = total, 0, label
+        self._started = time.perf_counter()
+        try:
+            from tqdm import tqdm
+
+            self._tqdm = tqdm(total=total, desc=label, unit="img", file=sys.stderr, dynamic_ncols=True)
+        except ImportError:
+            self._tqdm = None
+
+    def update_to(self, done: int, total: int | None = None) -> None:
+        if done <= self.done:
+            return
+        if self._tqdm is not None:
+            self._tqdm.update(done - self.done)
+        else:
+            elapsed = max(time.perf_counter() - self._started, 1e-9)
+            print(f"\rdinoscope: {self.label} {done}/{self.total} ({done / elapsed:.2f} images/s)", end="",
+                  file=sys.stderr, flush=True)
+        self.done = done
+
+    def close(self) -> None:
+        if self._tqdm is not None:
+            self._tqdm.close()
+        elif self.done:
+            print(file=sys.stderr)
