@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 from .errors import InputError
 
 DEFAULT_MAX_TOKENS = 16384
+#: Largest image (width * height) decoded unless the caller raises the limit (enforced by dinoscope.images).
+DEFAULT_MAX_PIXELS = 100_000_000
 
 
 @dataclass(frozen=True)

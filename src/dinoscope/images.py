@@ -27,6 +27,7 @@ from PIL import Image
 
 from .download import DEFAULT_MAX_BYTES, fetch_url, url_label as _url_label
 from .errors import InputError, brief as _brief, clipped as _label, input_error as _error
+from .geometry import DEFAULT_MAX_PIXELS
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -37,9 +38,6 @@ __all__ = [
     "load_image",
     "sample_path",
 ]
-
-#: Largest image (width * height) decoded unless the caller raises the limit.
-DEFAULT_MAX_PIXELS = 100_000_000
 
 SAMPLES_DIR = Path(__file__).parent / "samples"
 #: Bundled sample photos (public domain, from scikit-image): name -> file path.

@@ -16,8 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import InputError
-from ..geometry import DEFAULT_MAX_TOKENS
-from ..images import DEFAULT_MAX_PIXELS
+from ..geometry import DEFAULT_MAX_PIXELS, DEFAULT_MAX_TOKENS
 from ..models import DEFAULT_MODEL
 
 DEFAULT_SAMPLE = "sample:chelsea"
