@@ -124,16 +124,7 @@ def fetch_url(
 
     Every failure raises :class:`InputError` with a one-line message.
     """
-    if not isinstance(url, str):
-        raise _error(f"a URL must be a str, not {type(url).__name__}; pass it as text")
-    for name, value in (("timeout", timeout), ("deadline", deadline)):
-        if value is None and name == "deadline":
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise _error(f"the download {name} must be a positive number of seconds, not {value!r}")
-    for name, value in (("max_bytes", max_bytes), ("max_redirects", max_redirects)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "max_bytes" else 0):
-            raise _error(f"{name} must be a {'positive' if name == 'max_bytes' else 'non-negative'} whole number, not {value!r}")
+    _check_fetch_arguments(url, timeout, deadline, max_bytes, max_redirects)
     total = 3.0 * timeout if deadline is None else float(deadline)
     started = time.monotonic()
     current = url.strip()
@@ -175,6 +166,19 @@ def fetch_url(
             raise _network_error(label, exc, timeout) from exc
         with response:
             return _read_body(response, label, timeout, max_bytes, started, total)
+
+
+def _check_fetch_arguments(url, timeout, deadline, max_bytes, max_redirects) -> None:
+    if not isinstance(url, str):
+        raise _error(f"a URL must be a str, not {type(url).__name__}; pass it as text")
+    for name, value in (("timeout", timeout), ("deadline", deadline)):
+        if value is None and name == "deadline":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise _error(f"the download {name} must be a positive number of seconds, not {value!r}")
+    for name, value in (("max_bytes", max_bytes), ("max_redirects", max_redirects)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "max_bytes" else 0):
+            raise _error(f"{name} must be a {'positive' if name == 'max_bytes' else 'non-negative'} whole number, not {value!r}")
 
 
 def _request(url: str) -> urllib.request.Request:
