@@ -11,7 +11,7 @@ import typer
 
 from ..errors import InputError
 from . import options as o
-from .options import BASIS, CACHE, COLLECTION, EXTRACTION, MODEL, CellOpt, Options, PatchOpt, PixelOpt, shared
+from .options import BASIS, CACHE, COLLECTION, EXTRACTION, MODEL, Options, shared
 from .output import PhaseBars, stem
 
 MAX_FAILURES_SHOWN = 20
@@ -72,7 +72,7 @@ def _report(summary, kind: str, out: Path, how: str) -> None:
                f"images/s ({how}); {summary.failed} failed{skipped}; manifest {summary.manifest}")
 
 
-@shared(*EXTRACTION, "batch_size", "progress", "resume", "engine")
+@shared(*EXTRACTION, *COLLECTION)
 def extract(
     images: Annotated[list[str], typer.Argument(
         help="Images to extract (paths, URLs or sample:NAME); a folder, a quoted glob or @LIST.txt runs a collection "
