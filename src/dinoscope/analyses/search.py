@@ -1,0 +1,133 @@
+"""Search: the patches most similar to one query vector across many images' features.
+
+The features arrive as an iterable of (name, Features), so they can come from anything that
+yields them one at a time: the feature cache, the .safetensors files of an `extract` collection
+(`saved_features`), or a Ray collection's shards. Patches are scored in blocks of at most
+`block_patches` rows against a running top-k, so memory holds one block and the k best hits,
+whatever the number of images.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import torch
+
+from ..errors import InputError
+
+BASIS_FILE = "pca_basis.safetensors"  # what an extract collection writes next to its features
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One found patch: which image, which grid cell, which original-image pixels, how similar."""
+
+    name: str
+    index: int  # row-major patch index
+    row: int
+    col: int
+    box: tuple[float, float, float, float]  # (x0, y0, x1, y1) original pixels, x1/y1 exclusive
+    score: float  # cosine similarity to the query, in [-1, 1]
+    geometry: object = None
+
+    def as_row(self) -> dict:
+        """A flat record for a table or CSV."""
+        x0, y0, x1, y1 = self.box
+        return {"image": self.name, "row": self.row, "col": self.col, "x0": round(x0, 2), "y0": round(y0, 2),
+                "x1": round(x1, 2), "y1": round(y1, 2), "score": round(self.score, 6)}
+
+
+def search(query: torch.Tensor, sources: Iterable, *, top: int = 20, block_patches: int = 65536,
+           exclude: Iterable[str] = ()) -> list[Hit]:
+    """The `top` patches with the highest cosine similarity to `query` (D,), best first.
+
+    `sources` yields (name, Features) pairs; names in `exclude` are skipped (e.g. the query's own
+    image). Equal scores keep the order the patches arrived in.
+    """
+    if top < 1:
+        raise InputError(f"the number of hits must be at least 1, not {top}")
+    if block_patches < 1:
+        raise InputError("a search block must hold at least one patch")
+    q = query.detach().float().reshape(-1)
+    q = q / q.norm().clamp_min(1e-12)
+    excluded = set(exclude)
+    best = _TopK(top)
+    block: list[tuple[str, object]] = []
+    size = 0
+    for name, features in sources:
+        if name in excluded:
+            continue
+        if features.dim != q.numel():
+            raise InputError(f"{name} has {features.dim}-d features but the query is {q.numel()}-d; "
+                             "search features of the model and layer the query came from")
+        block.append((name, features))
+        size += features.geometry.num_patches
+        if size >= block_patches:
+            best.add(q, block)
+            block, size = [], 0
+    if block:
+        best.add(q, block)
+    return best.hits()
+
+
+class _TopK:
+    """The k best (score, arrival order) so far, with the name and geometry of the images they came from."""
+
+    def __init__(self, k: int):
+        self.k = k
+        self.scores = torch.empty(0)
+        self.order = torch.empty(0, dtype=torch.long)  # global arrival order of the patch: the tie-break
+        self.patch = torch.empty(0, dtype=torch.long)
+        self.image = torch.empty(0, dtype=torch.long)
+        self.images: dict[int, tuple[str, object]] = {}
+        self.seen_images = 0
+        self.seen_patches = 0
+
+    def add(self, q: torch.Tensor, block: list) -> None:
+        flat = torch.cat([f.flat.float() for _, f in block])
+        scores = (flat @ q) / flat.norm(dim=1).clamp_min(1e-12)
+        counts = torch.tensor([f.geometry.num_patches for _, f in block])
+        image = torch.repeat_interleave(torch.arange(len(block)) + self.seen_images, counts)
+        patch = torch.arange(flat.shape[0]) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        order = torch.arange(flat.shape[0]) + self.seen_patches
+        for i, (name, f) in enumerate(block):
+            self.images[self.seen_images + i] = (name, f.geometry)
+        self.seen_images += len(block)
+        self.seen_patches += flat.shape[0]
+        self._merge(torch.cat([self.scores, scores.clamp(-1, 1)]), torch.cat([self.order, order]),
+                    torch.cat([self.patch, patch]), torch.cat([self.image, image]))
+
+    def _merge(self, scores, order, patch, image) -> None:
+        # sort by order first, then a stable sort by score: ties keep arrival order
+        by_order = torch.argsort(order)
+        keep = by_order[torch.sort(scores[by_order], descending=True, stable=True).indices[:self.k]]
+        self.scores, self.order, self.patch, self.image = scores[keep], order[keep], patch[keep], image[keep]
+        alive = set(self.image.tolist())
+        self.images = {i: v for i, v in self.images.items() if i in alive}
+
+    def hits(self) -> list[Hit]:
+        out = []
+        for score, patch, image in zip(self.scores.tolist(), self.patch.tolist(), self.image.tolist()):
+            name, geometry = self.images[image]
+            row, col = geometry.cell(patch)
+            out.append(Hit(name, patch, row, col, geometry.box(patch), score, geometry))
+        return out
+
+
+def saved_features(folder: str | os.PathLike) -> Iterator[tuple[str, object]]:
+    """(name, Features) for every .safetensors features file under `folder` (an `extract` collection),
+    in sorted path order, loaded one at a time; the name is the path relative to the folder, without
+    the suffix, as `extract` named it. The collection's PCA basis file is skipped."""
+    from ..features import Features  # features.py is being split; a top import would pin its location
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise InputError(f"{root} is not a folder; give the output folder of `dinoscope extract`")
+    paths = sorted(p for p in root.rglob("*.safetensors") if p.name != BASIS_FILE)
+    if not paths:
+        raise InputError(f"{root} holds no .safetensors features; write them with `dinoscope extract IMAGES --out {root}`")
+    for path in paths:
+        yield path.relative_to(root).with_suffix("").as_posix(), Features.load(path)
