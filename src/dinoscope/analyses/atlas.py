@@ -128,8 +128,8 @@ def norm_stats(features, *, k: float = 5.0) -> NormStats:
         raise InputError(f"the outlier factor k must be positive, not {k}")
     norms = features.patches.float().norm(dim=-1)
     flat = norms.reshape(-1).double()
-    median = flat.median()
-    mad = (flat - median).abs().median()
+    median = flat.quantile(0.5)  # the mean of the two middle values for an even count, unlike Tensor.median
+    mad = (flat - median).abs().quantile(0.5)
     threshold = median + k * 1.4826 * mad
     return NormStats(norms, float(median), float(mad), float(threshold), norms > threshold, float(flat.mean()),
                      float(flat.max()))
