@@ -2,9 +2,9 @@
 
 The features arrive as an iterable of (name, Features), so they can come from anything that
 yields them one at a time: the feature cache, the .safetensors files of an `extract` collection
-(`saved_features`), or a Ray collection's shards. Patches are scored in blocks of at most
-`block_patches` rows against a running top-k, so memory holds one block and the k best hits,
-whatever the number of images.
+(`saved_features`), or a Ray collection's shards. Each image is scored as it arrives and the scores
+are merged into a running top-k every `block_patches` patches, so memory holds one image's features,
+one block of scores and the k best hits, whatever the number of images.
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ def search(query: torch.Tensor, sources: Iterable, *, top: int = 20, block_patch
            exclude: Iterable[str] = ()) -> list[Hit]:
     """The `top` patches with the highest cosine similarity to `query` (D,), best first.
 
-    `sources` yields (name, Features) pairs; names in `exclude` are skipped (e.g. the query's own
-    image). Equal scores keep the order the patches arrived in.
+    `sources` yields (name, Features) pairs, consumed one at a time; names in `exclude` are skipped
+    (e.g. the query's own image). The scores of up to `block_patches` patches are merged into the
+    running top-k at once. Equal scores keep the order the patches arrived in.
     """
     if top < 1:
         raise InputError(f"the number of hits must be at least 1, not {top}")
@@ -55,21 +56,29 @@ def search(query: torch.Tensor, sources: Iterable, *, top: int = 20, block_patch
     q = q / q.norm().clamp_min(1e-12)
     excluded = set(exclude)
     best = _TopK(top)
-    block: list[tuple[str, object]] = []
+    block: list[tuple[str, object, torch.Tensor]] = []
     size = 0
+    buffer = None
     for name, features in sources:
         if name in excluded:
             continue
         if features.dim != q.numel():
             raise InputError(f"{name} has {features.dim}-d features but the query is {q.numel()}-d; "
                              "search features of the model and layer the query came from")
-        block.append((name, features))
-        size += features.geometry.num_patches
+        flat = features.flat
+        if flat.dtype != torch.float32:
+            # converting into one reused buffer: a fresh float32 copy per image cost more than the scoring
+            if buffer is None or buffer.shape != flat.shape:
+                buffer = torch.empty(flat.shape)
+            flat = buffer.copy_(flat)
+        scores = (flat @ q) / torch.linalg.vector_norm(flat, dim=1).clamp_min(1e-12)
+        block.append((name, features.geometry, scores.clamp(-1, 1)))
+        size += scores.numel()
         if size >= block_patches:
-            best.add(q, block)
+            best.add(block)
             block, size = [], 0
     if block:
-        best.add(q, block)
+        best.add(block)
     return best.hits()
 
 
@@ -86,18 +95,18 @@ class _TopK:
         self.seen_images = 0
         self.seen_patches = 0
 
-    def add(self, q: torch.Tensor, block: list) -> None:
-        flat = torch.cat([f.flat.float() for _, f in block])
-        scores = (flat @ q) / flat.norm(dim=1).clamp_min(1e-12)
-        counts = torch.tensor([f.geometry.num_patches for _, f in block])
+    def add(self, block: list) -> None:
+        """Merge a block of (name, geometry, scores (N,)) into the running top-k."""
+        scores = torch.cat([s for _, _, s in block])
+        counts = torch.tensor([s.numel() for _, _, s in block])
         image = torch.repeat_interleave(torch.arange(len(block)) + self.seen_images, counts)
-        patch = torch.arange(flat.shape[0]) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-        order = torch.arange(flat.shape[0]) + self.seen_patches
-        for i, (name, f) in enumerate(block):
-            self.images[self.seen_images + i] = (name, f.geometry)
+        patch = torch.arange(scores.numel()) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        order = torch.arange(scores.numel()) + self.seen_patches
+        for i, (name, geometry, _) in enumerate(block):
+            self.images[self.seen_images + i] = (name, geometry)
         self.seen_images += len(block)
-        self.seen_patches += flat.shape[0]
-        self._merge(torch.cat([self.scores, scores.clamp(-1, 1)]), torch.cat([self.order, order]),
+        self.seen_patches += scores.numel()
+        self._merge(torch.cat([self.scores, scores]), torch.cat([self.order, order]),
                     torch.cat([self.patch, patch]), torch.cat([self.image, image]))
 
     def _merge(self, scores, order, patch, image) -> None:
