@@ -133,26 +133,34 @@ def _short(name: str, tile: int) -> str:
 
 def labelled_grid(cells: Sequence[Sequence[Image.Image]], row_labels: Sequence[str], column_labels: Sequence[str],
                   *, gap: int = 4) -> Image.Image:
-    """Pictures in rows and columns with the row labels on the left and the column labels on top."""
+    """Pictures in rows and columns with the row labels on the left and the column labels on top
+    (turned upright when one is wider than its column)."""
     font = _font(12)
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    left = max((measure.textlength(t, font=font) for t in row_labels), default=0) + 8
+    left = int(max((measure.textlength(t, font=font) for t in row_labels), default=0)) + 8
     heights = [max(c.height for c in row) for row in cells]
     widths = [max(row[j].width for row in cells if j < len(row)) for j in range(max(len(r) for r in cells))]
-    top = 18
-    canvas = Image.new("RGB", (int(left) + sum(widths) + gap * len(widths), top + sum(heights) + gap * len(heights)),
+    lengths = [int(measure.textlength(t, font=font)) + 4 for t in column_labels[:len(widths)]]
+    upright = any(n > w for n, w in zip(lengths, widths))
+    top = max(lengths, default=0) + 4 if upright else 18
+    canvas = Image.new("RGB", (left + sum(widths) + gap * len(widths), top + sum(heights) + gap * len(heights)),
                        (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    x = int(left)
-    for j, w in enumerate(widths):
-        if j < len(column_labels):
-            draw.text((x + 2, 2), column_labels[j], fill=(0, 0, 0), font=font)
+    x = left
+    for w, text, n in zip(widths, column_labels, lengths):
+        if upright:
+            label = Image.new("RGB", (n, 16), (255, 255, 255))
+            ImageDraw.Draw(label).text((2, 1), text, fill=(0, 0, 0), font=font)
+            label = label.rotate(90, expand=True)
+            canvas.paste(label, (x + max(0, (w - label.width) // 2), top - 2 - label.height))
+        else:
+            draw.text((x + 2, 2), text, fill=(0, 0, 0), font=font)
         x += w + gap
     y = top
     for i, row in enumerate(cells):
         if i < len(row_labels):
             draw.text((2, y + heights[i] // 2 - 6), row_labels[i], fill=(0, 0, 0), font=font)
-        x = int(left)
+        x = left
         for j, cell in enumerate(row):
             canvas.paste(cell.convert("RGB"), (x, y))
             x += widths[j] + gap
