@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import InputError
+from .threads import one_thread
 
 if TYPE_CHECKING:
     import torch
-
-_ONE_THREAD = threading.Lock()
-
 
 @dataclass
 class PCABasis:
@@ -95,13 +92,8 @@ class PCABasis:
             raise InputError(f"number of PCA components must be between 1 and {d}")
         # ascending; exact even on flat spectra. One thread: this 768 x 768 float64 problem is too small to
         # split, and on a busy 2-core CPU the threaded LAPACK took 1-4 s instead of 0.1-0.3 s
-        with _ONE_THREAD:  # serialised, so concurrent fits (the web UI) cannot restore each other's setting
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                values, vectors = torch.linalg.eigh(cov)
-            finally:
-                torch.set_num_threads(threads)
+        with one_thread():
+            values, vectors = torch.linalg.eigh(cov)
         order = torch.argsort(values, descending=True)[:n_components]
         components = vectors[:, order].T
         peak = components.abs().argmax(dim=1)

@@ -17,6 +17,7 @@ from typing import Iterable, Iterator
 import torch
 
 from ..errors import InputError
+from .threads import one_thread
 
 BASIS_FILE = "pca_basis.safetensors"  # what an extract collection writes next to its features
 
@@ -66,19 +67,22 @@ def search(query: torch.Tensor, sources: Iterable, *, top: int = 20, block_patch
             raise InputError(f"{name} has {features.dim}-d features but the query is {q.numel()}-d; "
                              "search features of the model and layer the query came from")
         flat = features.flat
-        if flat.dtype != torch.float32:
-            # converting into one reused buffer: a fresh float32 copy per image cost more than the scoring
-            if buffer is None or buffer.shape != flat.shape:
-                buffer = torch.empty(flat.shape)
-            flat = buffer.copy_(flat)
-        scores = (flat @ q) / torch.linalg.vector_norm(flat, dim=1).clamp_min(1e-12)
-        block.append((name, features.geometry, scores.clamp(-1, 1)))
+        with one_thread():  # about 1 ms of work per image: threads cost more than they save (see .threads)
+            if flat.dtype != torch.float32:
+                # converting into one reused buffer: a fresh float32 copy per image cost more than the scoring
+                if buffer is None or buffer.shape != flat.shape:
+                    buffer = torch.empty(flat.shape)
+                flat = buffer.copy_(flat)
+            scores = ((flat @ q) / torch.linalg.vector_norm(flat, dim=1).clamp_min(1e-12)).clamp(-1, 1)
+        block.append((name, features.geometry, scores))
         size += scores.numel()
         if size >= block_patches:
-            best.add(block)
+            with one_thread():
+                best.add(block)
             block, size = [], 0
     if block:
-        best.add(block)
+        with one_thread():
+            best.add(block)
     return best.hits()
 
 

@@ -1,0 +1,28 @@
+"""Run a small tensor computation on one CPU thread.
+
+Some steps are too small to split across threads (a 768 x 768 eigendecomposition, scoring one image's
+1,200 patches): on a busy CPU the threads' hand-offs cost many times the work (search: 15 ms per image
+with torch's default threads on a loaded 2-core machine, 0.5 ms on one). torch's thread count is
+process-wide, so the switch is serialised: concurrent callers (the web explorer) cannot restore each
+other's setting.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+
+import torch
+
+_LOCK = threading.Lock()
+
+
+@contextmanager
+def one_thread():
+    with _LOCK:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
