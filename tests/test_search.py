@@ -109,3 +109,13 @@ def test_contact_sheet_outlines_the_matched_patch():
     ys, xs = np.nonzero(red)
     # crop of 3 boxes (48 px) centred on the box, scaled by 144 / 48 = 3: the box spans 48..95 in the tile
     assert (xs.min(), xs.max(), ys.min(), ys.max()) == (48, 95, 48, 95)
+
+
+def test_half_precision_features_give_the_float32_ranking():
+    feats = [random_features(i, rows=4, cols=5, dim=16) for i in range(6)]
+    half = [Features(f.cls.half(), f.registers.half(), f.patches.half(), f.geometry) for f in feats]
+    q = feats[2].patches[1, 3] + 0.1
+    full = search(q, ((f"f{i}", f) for i, f in enumerate(feats)), top=3)
+    low = search(q, ((f"f{i}", f) for i, f in enumerate(half)), top=3)
+    assert [(h.name, h.index) for h in low][:1] == [(h.name, h.index) for h in full][:1]
+    assert np.allclose([h.score for h in low], [h.score for h in full], atol=2e-3)
