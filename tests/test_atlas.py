@@ -172,3 +172,12 @@ def test_atlas_sheet_shares_one_basis_per_row():
     array = np.asarray(sheet)
     found = [x for x in range(array.shape[1] - 50) if (array[18:58, x:x + 50] == row).all()]
     assert found and not any((array[18:58, x:x + 50] == alone).all() for x in found)
+
+
+def test_an_atlas_row_must_hold_one_model():
+    a = features(rand(4 * 5, 6, 8).reshape(4, 5, 6))
+    b = features(rand(4 * 5, 9, 9).reshape(4, 5, 9))
+    with pytest.raises(InputError, match="one model in a row"):
+        sheets.atlas_sheet([[a, b]], ["mixed"], ["x", "y"])
+    with pytest.raises(InputError, match="row labels"):
+        sheets.atlas_sheet([[a], [a]], ["only one"], ["x"])

@@ -171,10 +171,16 @@ def labelled_grid(cells: Sequence[Sequence[Image.Image]], row_labels: Sequence[s
 def atlas_sheet(rows: Sequence[Sequence], row_labels: Sequence[str], column_labels: Sequence[str], *,
                 height: int = 160, foreground_only: bool = False) -> Image.Image:
     """PCA colours of Features laid out in rows (models or images) and columns (layers), one PCA basis
-    fitted per row over all its cells, so colours compare along a row; each cell scaled to `height`."""
+    fitted per row over all its cells, so colours compare along a row; each cell scaled to `height`.
+    A row needs features of one size (one model); `row_labels` gives one label per row."""
+    if len(row_labels) != len(rows):
+        raise InputError(f"{len(rows)} atlas rows but {len(row_labels)} row labels")
     cells = []
-    for row in rows:
+    for label, row in zip(row_labels, rows):
         row = list(row)
+        if len({f.dim for f in row}) > 1:
+            raise InputError(f"row {label!r} mixes features of different sizes; one row shares one PCA basis, "
+                             "so put one model in a row (models as rows, layers or images as columns)")
         basis = PCABasis.fit(row, 3, foreground_only=foreground_only)
         pictures = [pca_view(f, basis) for f in row]
         cells.append([p.resize((max(1, round(p.width * height / p.height)), height), Image.Resampling.NEAREST)
