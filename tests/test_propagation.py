@@ -134,3 +134,31 @@ def test_mask_view_keeps_the_photo_on_the_background():
     colours = np.array([(0, 0, 0), (255, 0, 0)], np.uint8)
     picture = np.asarray(sheets.mask_view(labels, colours, photo, alpha=1.0))
     assert (picture[labels == 0] == 200).all() and (picture[labels == 1] == (255, 0, 0)).all()
+
+
+def test_one_step_matches_a_numpy_reading_of_the_protocol():
+    from dinoscope.analyses.propagation import propagate_step
+
+    rng = np.random.default_rng(3)
+    rows, cols, d, c, frames = 4, 5, 6, 3, 3
+    n = rows * cols
+
+    def unit(x):
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+    target = unit(rng.normal(size=(n, d)))
+    keys = unit(rng.normal(size=(frames, n, d)))
+    labels = rng.dirichlet(np.ones(c), size=(frames, n))
+    settings = PropagationSettings(top_k=4, radius=1, temperature=0.2)
+    # per target patch: context patches within one row and col, exp(cos / T), the 4 largest, normalised
+    cells = [divmod(i, cols) for i in range(n)]
+    expected = np.zeros((n, c))
+    for i, (r, cc) in enumerate(cells):
+        cand = [(np.exp(target[i] @ keys[f, j] / 0.2), f, j) for f in range(frames) for j, (r2, c2) in enumerate(cells)
+                if abs(r - r2) <= 1 and abs(cc - c2) <= 1]
+        top = sorted(cand, reverse=True)[:4]
+        total = sum(w for w, _, _ in top)
+        expected[i] = sum(w / total * labels[f, j] for w, f, j in top)
+    context = [(torch.from_numpy(keys[f]).float(), torch.from_numpy(labels[f]).float()) for f in range(frames)]
+    got = propagate_step(torch.from_numpy(target).float(), context, settings, neighbourhood((rows, cols), 1), chunk=7)
+    assert np.allclose(got.numpy(), expected, atol=1e-5)
