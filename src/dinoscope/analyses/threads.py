@@ -12,13 +12,14 @@ from __future__ import annotations
 import threading
 from contextlib import contextmanager
 
-import torch
-
 _LOCK = threading.Lock()
 
 
 @contextmanager
 def one_thread():
+    # torch is imported on use, as in pca.py, so that `import dinoscope.analyses` stays free of torch
+    import torch
+
     with _LOCK:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
