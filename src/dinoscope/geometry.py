@@ -15,6 +15,7 @@ from .errors import InputError
 DEFAULT_MAX_TOKENS = 16384
 #: Largest image (width * height) decoded unless the caller raises the limit (enforced by dinoscope.images).
 DEFAULT_MAX_PIXELS = 100_000_000
+DENSITIES = (1, 2, 4)
 
 
 @dataclass(frozen=True)
@@ -96,20 +97,44 @@ class Geometry:
     it is the top-left crop of the original image, so a patch covers exactly its own
     pixels and the right/bottom remainder is uncovered; for resized inputs it is the
     whole image rescaled, so a patch covers a scaled box.
+
+    A dense grid (`density` k > 1, made by shift-and-stitch, see `dinoscope.dense`) has k
+    cells per patch along each axis: `rows`, `cols` count cells, each cell stands for the
+    model patch whose window is centred on it, and the pixels a cell *covers* (where its
+    value is painted, what `box` and `patch_at` use) are the `cell_size` = patch_size / k
+    square at that window's centre, so the cells tile the covered area exactly as patches
+    do at density 1. `window` gives the full patch_size square the model saw for a cell.
     """
 
     patch_size: int
     rows: int
     cols: int
     image_size: tuple[int, int]  # original (width, height)
-    input_size: tuple[int, int]  # model input (width, height) == (cols, rows) * patch_size
+    input_size: tuple[int, int]  # model input (width, height) == (cols, rows) * cell_size
     resized: bool
+    density: int = 1
 
     @classmethod
     def for_image(cls, width: int, height: int, patch_size: int, resolution: Resolution) -> tuple["Geometry", str | None]:
         (w, h), notice = resolution.input_size(width, height, patch_size)
         resized = resolution.mode != "native" or notice is not None
         return cls(patch_size, h // patch_size, w // patch_size, (width, height), (w, h), resized), notice
+
+    def densified(self, density: int) -> "Geometry":
+        """The same image and input with `density` cells per patch along each axis (1 gives the native grid)."""
+        if density not in DENSITIES:
+            raise InputError(f"density {density} is not supported; use one of {', '.join(map(str, DENSITIES))}")
+        if self.patch_size % density:
+            raise InputError(f"density {density} does not divide the {self.patch_size}-pixel patch; use "
+                             f"{' or '.join(str(k) for k in DENSITIES if self.patch_size % k == 0)}")
+        w, h = self.input_size
+        step = self.patch_size // density
+        return Geometry(self.patch_size, h // step, w // step, self.image_size, self.input_size, self.resized, density)
+
+    @property
+    def cell_size(self) -> int:
+        """Input pixels per grid cell along each axis: the patch size, divided by the density."""
+        return self.patch_size // self.density
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -148,8 +173,20 @@ class Geometry:
         """The original-image pixel box (x0, y0, x1, y1) that patch `index` covers; x1, y1 exclusive."""
         row, col = self.cell(index)
         sx, sy = self.scale
-        p = self.patch_size
+        p = self.cell_size
         return col * p * sx, row * p * sy, (col + 1) * p * sx, (row + 1) * p * sy
+
+    def window(self, index: int) -> tuple[float, float, float, float]:
+        """The original-image box (x0, y0, x1, y1) of the whole patch the model saw for cell `index`.
+
+        At density 1 this is `box`; on a dense grid it is the patch_size square centred on the
+        cell (shifted up/left by `dense.pad_before`), which may reach into the padded border.
+        """
+        row, col = self.cell(index)
+        sx, sy = self.scale
+        c, lead = self.cell_size, (self.patch_size - self.cell_size) // 2
+        x0, y0 = col * c - lead, row * c - lead
+        return x0 * sx, y0 * sy, (x0 + self.patch_size) * sx, (y0 + self.patch_size) * sy
 
     def center(self, index: int) -> tuple[float, float]:
         x0, y0, x1, y1 = self.box(index)
@@ -165,8 +202,8 @@ class Geometry:
                 f"pixel ({x:g}, {y:g}) is {where}; patches cover x in [0, {cw}) and y in [0, {ch}) of the {w}x{h} image"
             )
         sx, sy = self.scale
-        col = min(int(x / (self.patch_size * sx)), self.cols - 1)
-        row = min(int(y / (self.patch_size * sy)), self.rows - 1)
+        col = min(int(x / (self.cell_size * sx)), self.cols - 1)
+        row = min(int(y / (self.cell_size * sy)), self.rows - 1)
         return row * self.cols + col
 
     def _check_cell(self, row: int, col: int) -> None:
@@ -181,4 +218,5 @@ class Geometry:
     @classmethod
     def from_json(cls, text: str) -> "Geometry":
         d = json.loads(text)
-        return cls(d["patch_size"], d["rows"], d["cols"], tuple(d["image_size"]), tuple(d["input_size"]), d["resized"])
+        return cls(d["patch_size"], d["rows"], d["cols"], tuple(d["image_size"]), tuple(d["input_size"]), d["resized"],
+                   d.get("density", 1))
