@@ -79,28 +79,36 @@ def joint_bilateral(grid: np.ndarray, photo: np.ndarray, *, sigma_space: float =
     h, w = photo.shape[:2]
     out = np.empty((h, w, channels), np.float32) if out is None else out
     means = np.asarray(Image.fromarray(photo).resize((cols, rows), Image.Resampling.BOX), np.float32) / 255
+    cells = np.concatenate([means, grid], axis=2)  # one gather per neighbour fetches colour and value
     u = (np.arange(w) + 0.5) * cols / w - 0.5  # pixel centres in cell coordinates
     v = (np.arange(h) + 0.5) * rows / h - 0.5
     near_u, near_v = np.floor(u + 0.5).astype(np.int64), np.floor(v + 0.5).astype(np.int64)
     offsets = range(-reach, reach + 1)
     col_idx = [np.clip(near_u + d, 0, cols - 1) for d in offsets]
     col_w = [_gaussian(u - (near_u + d), sigma_space) * (near_u + d == i) for d, i in zip(offsets, col_idx)]
+    scale = np.float32(-0.5 / sigma_colour ** 2)
     for y0 in range(0, h, STRIP_ROWS):
         y1 = min(h, y0 + STRIP_ROWS)
         colours = photo[y0:y1].astype(np.float32) / 255
         total = np.zeros((y1 - y0, w, channels), np.float32)
-        weight = np.zeros((y1 - y0, w, 1), np.float32)
+        weight = np.zeros((y1 - y0, w), np.float32)
         for dy in offsets:
             j = near_v[y0:y1] + dy
             row_idx = np.clip(j, 0, rows - 1)
             row_w = _gaussian(v[y0:y1] - j, sigma_space) * (j == row_idx)
+            row_cells = cells[row_idx]
             for ci, cwt in zip(col_idx, col_w):
-                distance = ((colours - means[row_idx][:, ci]) ** 2).sum(-1)
-                closeness = np.exp(distance * np.float32(-0.5 / sigma_colour ** 2)) + RANGE_FLOOR
-                wgt = (row_w[:, None] * cwt[None, :]) * closeness
-                total += wgt[..., None] * grid[row_idx][:, ci]
-                weight += wgt[..., None]
-        out[y0:y1] = total / np.maximum(weight, 1e-30)
+                near = row_cells[:, ci]
+                diff = np.subtract(colours, near[..., :3])
+                wgt = np.einsum("hwc,hwc->hw", diff, diff)
+                np.multiply(wgt, scale, out=wgt)
+                np.exp(wgt, out=wgt)
+                wgt += RANGE_FLOOR
+                wgt *= row_w[:, None]
+                wgt *= cwt[None, :]
+                total += wgt[..., None] * near[..., 3:]
+                weight += wgt
+        out[y0:y1] = total / np.maximum(weight, 1e-30)[..., None]
     return out
 
 
