@@ -125,3 +125,15 @@ def test_bad_density_and_budget_say_what_to_do():
         Geometry(14, 2, 2, (28, 28), (28, 28), False).densified(4)
     with pytest.raises(InputError, match="unknown padding"):
         shifted_inputs(pixels, 16, 2, pad="wrap")
+
+
+def test_passes_run_in_bounded_batches():
+    seen = []
+    geometry = Geometry(16, 2, 3, (48, 32), (48, 32), False)
+
+    def tokens(batch):
+        seen.append(batch.shape[0])
+        return F.avg_pool2d(batch, 16).permute(0, 2, 3, 1)
+
+    dense, grid = dense_patches(tokens, torch.rand(3, 32, 48), geometry, 4, batch_size=5)
+    assert seen == [5, 5, 5, 1] and grid.shape == (8, 12, 3)

@@ -58,3 +58,22 @@ def test_bad_tiles_say_what_to_do():
         tiled_tokens(lambda x: [], torch.zeros(3, 20, 32), 16)
     with pytest.raises(InputError, match="blending"):
         tiled_tokens(lambda x: [], torch.zeros(3, 32, 32), 16, blend="max")
+
+
+def test_no_pass_is_larger_than_one_batch_of_tiles_whatever_the_photo():
+    seen = []
+
+    def forward(batch):
+        seen.append(tuple(batch.shape))
+        b, _, h, w = batch.shape
+        patches = batch.reshape(b, 3, h // 16, 16, w // 16, 16).mean((3, 5)).permute(0, 2, 3, 1)
+        return [(patches.new_zeros(b, 3), patches.new_zeros(b, 0, 3), patches)]
+
+    for rows, cols in [(20, 30), (60, 90)]:
+        seen.clear()
+        [(_c, _r, grid)] = tiled_tokens(forward, torch.rand(3, rows * 16, cols * 16), 16, tile=8, overlap=2, batch_size=3)
+        assert grid.shape == (rows, cols, 3)
+        assert max(s[0] for s in seen) <= 3 and {s[2:] for s in seen} == {(128, 128)}
+    from dinoscope.tiles import tiled_memory_bytes
+    small, large = (tiled_memory_bytes(r, c, 768, tile=32) for r, c in [(100, 100), (200, 200)])
+    assert large - small == 3 * 100 * 100 * (768 + 1) * 4  # only the stitched output grows with the photo
