@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError
-from .geometry import DENSITIES, Geometry
+from .geometry import Geometry, check_density
 from .models.loading import available_memory
 
 PAD_MODES = ("replicate", "reflect", "constant")
@@ -43,18 +43,30 @@ def pad_before(patch_size: int, density: int) -> int:
     return (patch_size - patch_size // density) // 2
 
 
-def shifted_inputs(pixels: torch.Tensor, patch_size: int, density: int, pad: str = "replicate") -> torch.Tensor:
-    """The k*k shifted copies of a (3, H, W) input as (k*k, 3, H, W), pass (a, b) at index a*k + b."""
-    _check_density(patch_size, density)
+def padded_input(pixels: torch.Tensor, patch_size: int, density: int, pad: str = "replicate") -> torch.Tensor:
+    """A (3, H, W) input padded by `pad_before` at the top/left and the rest of patch - cell at the bottom/right."""
+    check_density(patch_size, density)
     if pad not in PAD_MODES:
         raise InputError(f"unknown padding {pad!r}; use one of {', '.join(PAD_MODES)}")
-    _, h, w = pixels.shape
-    step = patch_size // density
     lead = pad_before(patch_size, density)
-    trail = patch_size - step - lead
-    padded = F.pad(pixels[None], (lead, trail, lead, trail), mode=pad)[0]
-    return torch.stack([padded[:, a * step:a * step + h, b * step:b * step + w]
-                        for a in range(density) for b in range(density)])
+    trail = patch_size - patch_size // density - lead
+    return F.pad(pixels[None], (lead, trail, lead, trail), mode=pad)[0]
+
+
+def shifted_input(padded: torch.Tensor, pass_index: int, patch_size: int, density: int, size: tuple[int, int]
+                  ) -> torch.Tensor:
+    """Pass (a, b) = divmod(pass_index, density): the padded input cropped at (a, b) cells to `size` (h, w), a view."""
+    a, b = divmod(pass_index, density)
+    step = patch_size // density
+    h, w = size
+    return padded[:, a * step:a * step + h, b * step:b * step + w]
+
+
+def shifted_inputs(pixels: torch.Tensor, patch_size: int, density: int, pad: str = "replicate") -> torch.Tensor:
+    """All k*k shifted copies of a (3, H, W) input as (k*k, 3, H, W), pass (a, b) at index a*k + b."""
+    padded = padded_input(pixels, patch_size, density, pad)
+    return torch.stack([shifted_input(padded, i, patch_size, density, tuple(pixels.shape[-2:]))
+                        for i in range(density * density)])
 
 
 def check_dense_cost(geometry: Geometry, density: int, *, max_tokens: int | None = None, dim: int | None = None,
@@ -65,7 +77,7 @@ def check_dense_cost(geometry: Geometry, density: int, *, max_tokens: int | None
     with); memory counts the dense output (k^2 * cells * D float32 per block) plus one batch
     of passes' activations. `dim` unknown skips the memory check.
     """
-    _check_density(geometry.patch_size, density)
+    check_density(geometry.patch_size, density)
     rows, cols = geometry.rows * density, geometry.cols * density
     cells = rows * cols
     if max_tokens is not None and cells > max_tokens:
@@ -88,10 +100,10 @@ def check_dense_cost(geometry: Geometry, density: int, *, max_tokens: int | None
 def dense_memory_bytes(patches: int, density: int, dim: int, *, patch_size: int = 16, blocks: int = 1,
                        batch_size: int = 4) -> int:
     """Bytes a shift-and-stitch run holds at its peak beyond the model's weights (an estimate):
-    the dense output, the k*k shifted float32 inputs and one batch of passes' activations."""
+    the dense output, the padded input plus one batch of shifted copies, and that batch's activations."""
     passes = min(batch_size, density * density)
     output = density * density * patches * dim * 4 * blocks
-    inputs = density * density * patches * 3 * patch_size * patch_size * 4
+    inputs = (1 + passes) * patches * 3 * patch_size * patch_size * 4
     activations = passes * patches * dim * 4 * ACTIVATION_WIDTHS
     return output + inputs + activations
 
@@ -115,13 +127,15 @@ def shift_and_stitch(forward: Callable, pixels: torch.Tensor, geometry: Geometry
         raise InputError(f"batch size {batch_size} must be at least 1")
     check_dense_cost(geometry, density, max_tokens=max_tokens, dim=dim, batch_size=batch_size, device=pixels.device)
     dense = geometry.densified(density)
-    shifted = shifted_inputs(pixels, geometry.patch_size, density, pad)
+    padded = padded_input(pixels, geometry.patch_size, density, pad)  # copies are cut from it a batch at a time
     k, rows, cols = density, geometry.rows, geometry.cols
     grids: list[torch.Tensor] = []
     cls_sum: list[torch.Tensor] = []
     reg_sum: list[torch.Tensor] = []
     for start in range(0, k * k, batch_size):
-        outputs = forward(shifted[start:start + batch_size])
+        batch = [shifted_input(padded, i, geometry.patch_size, k, tuple(pixels.shape[-2:]))
+                 for i in range(start, min(k * k, start + batch_size))]
+        outputs = forward(torch.stack(batch))
         for block, (cls_t, regs, patches) in enumerate(outputs):
             if tuple(patches.shape[1:3]) != (rows, cols):
                 raise InputError(f"the model returned a {tuple(patches.shape[1:3])} grid for a {rows}x{cols} input")
@@ -148,10 +162,3 @@ def dense_patches(tokens: Callable, pixels: torch.Tensor, geometry: Geometry, de
 
     dense, [(_cls, _regs, patches)] = shift_and_stitch(forward, pixels, geometry, density, **options)
     return dense, patches
-
-
-def _check_density(patch_size: int, density: int) -> None:
-    if density not in DENSITIES:
-        raise InputError(f"density {density} is not supported; use one of {', '.join(map(str, DENSITIES))}")
-    if patch_size % density:
-        raise InputError(f"density {density} does not divide the {patch_size}-pixel patch; use a density that does")

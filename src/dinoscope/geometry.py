@@ -18,6 +18,15 @@ DEFAULT_MAX_PIXELS = 100_000_000
 DENSITIES = (1, 2, 4)
 
 
+def check_density(patch_size: int, density: int) -> None:
+    """Raise a one-line InputError unless `density` cells per patch is supported for this patch size."""
+    if density not in DENSITIES:
+        raise InputError(f"density {density} is not supported; use one of {', '.join(map(str, DENSITIES))}")
+    if patch_size % density:
+        raise InputError(f"density {density} does not divide the {patch_size}-pixel patch; use "
+                         f"{' or '.join(str(k) for k in DENSITIES if patch_size % k == 0)}")
+
+
 @dataclass(frozen=True)
 class Resolution:
     """How an image is sized before the model sees it.
@@ -122,11 +131,7 @@ class Geometry:
 
     def densified(self, density: int) -> "Geometry":
         """The same image and input with `density` cells per patch along each axis (1 gives the native grid)."""
-        if density not in DENSITIES:
-            raise InputError(f"density {density} is not supported; use one of {', '.join(map(str, DENSITIES))}")
-        if self.patch_size % density:
-            raise InputError(f"density {density} does not divide the {self.patch_size}-pixel patch; use "
-                             f"{' or '.join(str(k) for k in DENSITIES if self.patch_size % k == 0)}")
+        check_density(self.patch_size, density)
         w, h = self.input_size
         step = self.patch_size // density
         return Geometry(self.patch_size, h // step, w // step, self.image_size, self.input_size, self.resized, density)
