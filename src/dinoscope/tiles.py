@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from .dense import ACTIVATION_WIDTHS
+from .dense import pass_activation_bytes
 from .errors import InputError
 
 BLENDS = ("discard", "blend")
@@ -59,7 +59,7 @@ def tiled_memory_bytes(rows: int, cols: int, dim: int, *, tile: int, batch_size:
     """Peak bytes beyond the model's weights: output and weights, plus one batch of tiles (an estimate)."""
     tokens = min(tile, rows) * min(tile, cols)
     output = rows * cols * (dim * blocks + 1) * 4
-    batch = batch_size * tokens * (dim * ACTIVATION_WIDTHS + 3 * patch_size * patch_size) * 4
+    batch = batch_size * (pass_activation_bytes(tokens, dim) + tokens * 3 * patch_size * patch_size * 4)
     return output + batch
 
 
