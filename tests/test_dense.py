@@ -56,6 +56,7 @@ def test_density_one_reproduces_the_native_grid(pixel_backbone):
     assert dense == geometry
     torch.testing.assert_close(grid, native[2][0])
     torch.testing.assert_close(cls_t, native[0][0])
+    torch.testing.assert_close(regs, native[1][0])
 
 
 def test_passes_are_interleaved_in_raster_order():
@@ -67,6 +68,7 @@ def test_passes_are_interleaved_in_raster_order():
         return F.avg_pool2d(batch[:, :1], 16).permute(0, 2, 3, 1)
 
     dense, grid = dense_patches(tokens, pixels, geometry, 4, pad="reflect")
+    assert dense.grid == (8, 16)
     centres = grid[0, :, 0]
     inside = torch.arange(2, 14)  # cells whose windows [4C - 6, 4C + 10) lie inside the 64 columns
     torch.testing.assert_close(centres[inside], inside * 4.0 - 6 + 7.5)  # the mean column of the window
@@ -136,4 +138,4 @@ def test_passes_run_in_bounded_batches():
         return F.avg_pool2d(batch, 16).permute(0, 2, 3, 1)
 
     dense, grid = dense_patches(tokens, torch.rand(3, 32, 48), geometry, 4, batch_size=5)
-    assert seen == [5, 5, 5, 1] and grid.shape == (8, 12, 3)
+    assert seen == [5, 5, 5, 1] and grid.shape == (8, 12, 3) and dense.grid == (8, 12)

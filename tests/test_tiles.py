@@ -9,7 +9,7 @@ from PIL import Image
 from dinoscope.errors import InputError
 from dinoscope.features import forward_tokens, preprocess
 from dinoscope.geometry import Geometry, Resolution
-from dinoscope.tiles import agreement_summary, patch_agreement, tile_layout, tiled_tokens
+from dinoscope.tiles import agreement_summary, patch_agreement, tile_layout, tiled_memory_bytes, tiled_tokens
 
 
 def pixels_of(backbone, h, w, seed=0):
@@ -31,7 +31,7 @@ def test_tiles_cover_the_grid_with_equal_tiles(rows, cols, tile, overlap):
 @pytest.mark.parametrize("blend", ["discard", "blend"])
 def test_stitching_is_exact_for_a_local_model(pixel_backbone, blend):
     pixels = pixels_of(pixel_backbone, 16 * 7, 16 * 9)
-    forward = lambda x: forward_tokens(pixel_backbone, x, [0], False)  # noqa: E731
+    forward = lambda x: forward_tokens(pixel_backbone, x, [0], False)
     [(_c, _r, tiled)] = tiled_tokens(forward, pixels, 16, tile=4, overlap=2, batch_size=3, blend=blend)
     full = forward(pixels[None])[0][2][0]
     torch.testing.assert_close(tiled, full, rtol=0, atol=1e-5)
@@ -40,7 +40,7 @@ def test_stitching_is_exact_for_a_local_model(pixel_backbone, blend):
 
 def test_agreement_of_tiles_with_one_full_pass_on_a_random_vit(tiny_backbone, capsys):
     pixels = pixels_of(tiny_backbone, 16 * 12, 16 * 16, seed=1)
-    forward = lambda x: forward_tokens(tiny_backbone, x, [tiny_backbone.num_layers - 1], True)  # noqa: E731
+    forward = lambda x: forward_tokens(tiny_backbone, x, [tiny_backbone.num_layers - 1], True)
     full = forward(pixels[None])[0][2][0]
     [(_c, _r, tiled)] = tiled_tokens(forward, pixels, 16, tile=8, overlap=4)
     summary = agreement_summary(patch_agreement(tiled, full))
@@ -74,6 +74,5 @@ def test_no_pass_is_larger_than_one_batch_of_tiles_whatever_the_photo():
         [(_c, _r, grid)] = tiled_tokens(forward, torch.rand(3, rows * 16, cols * 16), 16, tile=8, overlap=2, batch_size=3)
         assert grid.shape == (rows, cols, 3)
         assert max(s[0] for s in seen) <= 3 and {s[2:] for s in seen} == {(128, 128)}
-    from dinoscope.tiles import tiled_memory_bytes
     small, large = (tiled_memory_bytes(r, c, 768, tile=32) for r, c in [(100, 100), (200, 200)])
     assert large - small == 3 * 100 * 100 * (768 + 1) * 4  # only the stitched output grows with the photo

@@ -23,7 +23,7 @@ see padding (replicated edge pixels by default).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

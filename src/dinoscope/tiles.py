@@ -18,7 +18,7 @@ one float per patch of weights, and one batch of tiles: batch * tile^2 tokens of
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
