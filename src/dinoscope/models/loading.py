@@ -5,14 +5,27 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ModelError
+from . import timm_layout
 from .registry import IMAGENET_MEAN, IMAGENET_STD, SAT_MEAN, SAT_STD
 
 DEFAULT_MODEL = "facebook/dinov3-vitb16-pretrain-lvd1689m"
+DEMO_RANDOM_MODEL = "random:vitb16"
+HUB_PREFIX = "hf-hub:"
+log = logging.getLogger("dinoscope")
+
+
+class WeightsUnavailable(ModelError):
+    """The hub would not give these weights here (gated, refused, not logged in, or offline and not cached)."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16"}
 
 
@@ -104,13 +117,14 @@ def load_model(source: str | os.PathLike = DEFAULT_MODEL, *, device: str | None 
     dtype_name = str(torch_dtype).removeprefix("torch.")
     dev = resolve_device(device)
     text = os.fspath(source)
+    text = text[len(HUB_PREFIX):] if text.startswith(HUB_PREFIX) else text
     path = Path(text).expanduser()
-    spec = None
+    spec, folder = None, None
     if text.startswith("random:"):
         name = text[len("random:"):]
         if check_memory and lookup(name) is not None:
             _check_memory(lookup(name).params, "float32", dev, text)  # built in float32 before any cast
-        module, revision, folder = random_model(name), "random-seed0", None
+        module, revision = random_model(name), "random-seed0"
     elif path.is_dir():
         if check_memory:
             _check_memory(_count_folder(path), dtype_name, dev, text)
@@ -120,14 +134,15 @@ def load_model(source: str | os.PathLike = DEFAULT_MODEL, *, device: str | None 
         if check_memory:
             _check_memory(_count_file(path), dtype_name, dev, text)
         module, revision = _load_file(path, torch_dtype), _fingerprint_file(path)
-        if attention != "sdpa" and "convnext" not in str(module.config.model_type):
+        if attention != "sdpa" and hasattr(module, "set_attn_implementation") and "convnext" not in str(
+                module.config.model_type):
             module.set_attn_implementation(attention)
-        folder = None
     elif (spec := lookup(text)) is not None:
         if check_memory:
             _check_memory(spec.params, dtype_name, dev, f"{spec.name} ({spec.hub_id})")
-        folder, revision = _download(spec.hub_id)
-        module = _load_transformers_folder(folder, spec.hub_id, attention)
+        repo, folder, revision = download_release(spec, text)
+        text = text if repo.lower() in (spec.hub_id.lower(), text.lower()) else repo  # provenance: what was used
+        module = _load_transformers_folder(folder, repo, attention)
     elif _looks_like_hub_id(text):
         folder, revision = _download(text)
         if check_memory:
@@ -137,11 +152,50 @@ def load_model(source: str | os.PathLike = DEFAULT_MODEL, *, device: str | None 
         raise ModelError(_unknown_message(text))
     module = module.to(device=dev, dtype=torch_dtype).eval()
     backbone = describe(module, source=text, revision=revision, folder=folder)
+    timm_config = timm_layout.read_config(folder if folder is not None else path.parent)
     if spec is not None:
         backbone.mean, backbone.std = spec.mean, spec.std
+    elif timm_config is not None and timm_layout.mean_std(timm_config) is not None:
+        backbone.mean, backbone.std = timm_layout.mean_std(timm_config)
     elif folder is None and "sat493m" in path.name.lower():
         backbone.mean, backbone.std = SAT_MEAN, SAT_STD
     return backbone
+
+
+def download_release(spec, asked: str) -> tuple[str, Path, str]:
+    """(repository used, snapshot folder, commit) for a registry release.
+
+    A short name or the official id tries the official repository first; when the hub will not
+    give it here (gated, refused, not logged in, offline and not cached), the ungated copy of the
+    same weights is used instead, with a one-line notice. An explicit ungated id is used as is.
+    """
+    if spec.open_id and asked.lower() == spec.open_id.lower():
+        return (spec.open_id, *_download(spec.open_id))
+    try:
+        return (spec.hub_id, *_download(spec.hub_id))
+    except WeightsUnavailable as official_failure:
+        if not spec.open_id:
+            raise
+        try:
+            folder, revision = _download(spec.open_id)
+        except ModelError as open_failure:
+            raise WeightsUnavailable(f"{official_failure}; the ungated copy {spec.open_id} failed too: "
+                                     f"{open_failure}", official_failure.reason) from open_failure
+        log.warning("using %s, the ungated copy of the same weights (revision %s), because %s %s",
+                    spec.open_id, revision[:12], spec.hub_id, official_failure.reason)
+        return spec.open_id, folder, revision
+
+
+def demo_backbone(*, device: str | None = "auto", dtype="float32") -> Backbone:
+    """The model of the no-argument demo: the default release (official or its ungated copy), or, when
+    no real weights can be had here at all, random weights, said loudly. Only the demo does this."""
+    try:
+        return load_model(DEFAULT_MODEL, device=device, dtype=dtype)
+    except WeightsUnavailable as exc:
+        log.warning("REAL WEIGHTS UNREACHABLE: %s. Drawing the demo with RANDOM weights (%s): the pictures show the "
+                    "layout only, not what DINOv3 sees. Connect once (or log in) and run again for real features.",
+                    str(exc).split(";")[0], DEMO_RANDOM_MODEL)
+        return load_model(DEMO_RANDOM_MODEL, device=device, dtype=dtype)
 
 
 def vit_architecture(name: str) -> dict:
@@ -263,7 +317,20 @@ def _load_file(path: Path, torch_dtype):
     the tensors), or a transformers-layout state dict with its config.json beside it."""
     from . import official
 
+    if path.suffix.lower() == ".safetensors" and timm_layout.is_timm_state(_safetensors_keys(path)):
+        module, _config = timm_layout.load_file(path)
+        return module.to(torch_dtype)
     return official.load_official_model(path, dtype=torch_dtype)
+
+
+def _safetensors_keys(path: Path) -> list[str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(os.fspath(path), framework="pt") as f:
+            return list(f.keys())
+    except Exception:  # not readable as safetensors: the official reader says what is wrong
+        return []
 
 
 def describe(module, *, source: str, revision: str, folder: Path | None = None) -> Backbone:
@@ -298,6 +365,7 @@ def identify(source: str | os.PathLike) -> tuple[str, int] | None:
     config): the caller then loads the model and takes the revision from it.
     """
     text = os.fspath(source)
+    text = text[len(HUB_PREFIX):] if text.startswith(HUB_PREFIX) else text
     path = Path(text).expanduser()
     try:
         if path.is_dir():
@@ -315,6 +383,9 @@ def identify(source: str | os.PathLike) -> tuple[str, int] | None:
         config = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError):
         return None
+    if isinstance(config.get("architecture"), str):  # timm's hub layout
+        patch = timm_layout.patch_size(config)
+        return (revision, patch) if patch else None
     patch = config.get("patch_size", 32 if config.get("model_type") == "dinov3_convnext" else None)
     if config.get("model_type") == "dinov3_convnext":
         patch = 32
@@ -353,35 +424,42 @@ def _download(repo_id: str) -> tuple[Path, str]:
             allow_patterns=["config.json", "preprocessor_config.json", "*.safetensors", "*.safetensors.index.json"],
         )
     except hf_errors.GatedRepoError as exc:
-        raise ModelError(
+        raise WeightsUnavailable(
             f"access to {repo_id} is gated: accept the licence at {page}, then log in with `hf auth login` "
-            f"(or set HF_TOKEN); {alternatives}"
+            f"(or set HF_TOKEN); {alternatives}", "is gated (licence not accepted or not logged in)"
         ) from exc
     except hf_errors.RepositoryNotFoundError as exc:
-        raise ModelError(
+        raise WeightsUnavailable(
             f"{repo_id} was not found on the Hugging Face hub, or your token may not read it: check the name "
-            f"(closest known: {', '.join(closest(repo_id))}; `dinoscope models` lists all), log in with `hf auth login` if it is private; {alternatives}"
+            f"(closest known: {', '.join(closest(repo_id))}; `dinoscope models` lists all), log in with `hf auth login` if it is private; {alternatives}",
+            "was refused (not found, or not readable without logging in)"
         ) from exc
     except hf_errors.LocalEntryNotFoundError as exc:
-        raise ModelError(
+        raise WeightsUnavailable(
             f"{repo_id} is not in the Hugging Face cache and the hub cannot be reached (offline or HF_HUB_OFFLINE=1); "
-            f"connect once to download it, {alternatives}"
+            f"connect once to download it, {alternatives}", "is not cached and the hub cannot be reached"
         ) from exc
     except hf_errors.HfHubHTTPError as exc:
         status = getattr(getattr(exc, "response", None), "status_code", None)
         if status in (401, 403):
-            raise ModelError(
+            raise WeightsUnavailable(
                 f"the hub refused access to {repo_id} (HTTP {status}): accept the licence at {page} and log in "
-                f"with `hf auth login`; {alternatives}"
+                f"with `hf auth login`; {alternatives}", f"was refused (HTTP {status})"
             ) from exc
         raise ModelError(f"downloading {repo_id} failed: {str(exc).splitlines()[0]}; {alternatives}") from exc
     except OSError as exc:
         raise ModelError(f"downloading {repo_id} failed: {exc}; {alternatives}") from exc
     folder = Path(folder)
+    if not any(folder.glob("*.safetensors")):  # a snapshot left incomplete by an interrupted download
+        raise WeightsUnavailable(
+            f"the cached snapshot of {repo_id} has no weights file (an interrupted download?) and the hub did not "
+            f"complete it; connect and run again, {alternatives}", "is only partly cached")
     return folder, folder.name
 
 
 def _load_transformers_folder(folder: Path, source: str, attention: str):
+    if timm_layout.read_config(folder) is not None:  # timm's hub layout (the ungated copies)
+        return timm_layout.load_folder(folder, source)[0]
     if not (folder / "config.json").is_file():
         raise ModelError(f"{source} has no config.json; pass a folder written by save_pretrained")
     if attention == "sdpa":  # the common case skips importing transformers (about 2 s per process)

@@ -181,6 +181,11 @@ def load_folder(folder: Path, config):
     state = {}
     for f in files:
         state.update(load_file(str(f)))
+    return from_state_dict(state, config)
+
+
+def from_state_dict(state: dict, config):
+    """The model holding `state` (transformers key names), or None when the keys do not fit `config`."""
     state = {("model." + k if k.startswith("layer.") else k): v for k, v in state.items()}
     with torch.device("meta"):
         model = DINOv3ViT(config)
