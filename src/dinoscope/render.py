@@ -161,3 +161,25 @@ def tile(images, columns: int, gap: int = 0, background=(255, 255, 255)) -> Imag
         canvas.paste(r, (0, y))
         y += r.height + gap
     return canvas
+
+
+RANDOM_WEIGHTS_LABEL = "random weights"
+
+
+def label_random_weights(image: Image.Image, text: str = RANDOM_WEIGHTS_LABEL) -> Image.Image:
+    """`image` with a small red tag in its top-left corner saying its features came from random weights.
+
+    Same size as `image`, so layouts do not shift; the tag scales with the picture (about 1/20 of its
+    shorter side) and covers only a corner.
+    """
+    from PIL import ImageFont
+
+    picture = image.convert("RGB")
+    size = max(10, min(picture.size) // 20)
+    font = ImageFont.load_default(size=size)
+    draw = ImageDraw.Draw(picture)
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    pad = max(2, size // 4)
+    draw.rectangle((0, 0, right - left + 2 * pad, bottom - top + 2 * pad), fill=(200, 0, 0))
+    draw.text((pad - left, pad - top), text, fill=(255, 255, 255), font=font)
+    return picture

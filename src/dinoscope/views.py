@@ -11,11 +11,20 @@ from PIL import Image
 from . import render
 from .analyses import PCABasis, attention_map, match_patches, minmax, patch_norms, query_index, similarity_map
 
+RANDOM_PREFIX = "random:"
+
+
+def finished(picture: Image.Image, *made_from) -> Image.Image:
+    """The picture as shown: tagged "random weights" when any of its features came from a random model."""
+    if any(str(getattr(f, "model", "")).startswith(RANDOM_PREFIX) for f in made_from if f is not None):
+        return render.label_random_weights(picture)
+    return picture
+
 
 def norms_view(features, image: Image.Image | None = None, *, cmap: str = "inferno", alpha: float = 0.0) -> Image.Image:
     """Feature-norm map at the photo's size; with alpha > 0 it is blended over the photo."""
     heat = render.place(render.colorize(minmax(patch_norms(features)), cmap, 0.0, 1.0), features.geometry)
-    return render.overlay(image, heat, alpha) if image is not None and alpha > 0 else heat
+    return finished(render.overlay(image, heat, alpha) if image is not None and alpha > 0 else heat, features)
 
 
 def pca_view(features, basis: PCABasis | None = None, *, components=(0, 1, 2), foreground_only: bool = False,
@@ -24,12 +33,13 @@ def pca_view(features, basis: PCABasis | None = None, *, components=(0, 1, 2), f
     basis = basis or PCABasis.fit([features], max(3, max(components) + 1), foreground_only=foreground_only)
     values = basis.transform(features, list(components))
     if len(components) == 1:
-        return render.place(render.colorize(values[..., 0], cmap, 0.0, 1.0), features.geometry, smooth=smooth)
+        picture = render.place(render.colorize(values[..., 0], cmap, 0.0, 1.0), features.geometry, smooth=smooth)
+        return finished(picture, features)
     if len(components) != 3:
         from .errors import InputError
 
         raise InputError("give one PCA component (a single map) or three (red, green, blue)")
-    return render.place(render.rgb(values), features.geometry, smooth=smooth)
+    return finished(render.place(render.rgb(values), features.geometry, smooth=smooth), features)
 
 
 def similarity_view(features, query, image: Image.Image | None = None, *, query_features=None, cmap: str = "turbo",
@@ -45,11 +55,11 @@ def similarity_view(features, query, image: Image.Image | None = None, *, query_
     source = features if query_features is None else query_features
     index = query_index(source, query)
     if query_features is None:
-        return render.outline_patch(picture, features.geometry, index) if mark else picture
+        return finished(render.outline_patch(picture, features.geometry, index) if mark else picture, features)
     if query_image is None:
-        return picture
+        return finished(picture, features, query_features)
     marked = render.outline_patch(query_image, source.geometry, index) if mark else query_image
-    return render.side_by_side([marked, picture], gap=8)
+    return finished(render.side_by_side([marked, picture], gap=8), features, query_features)
 
 
 def matches_view(features_a, features_b, image_a: Image.Image, image_b: Image.Image, *, method: str = "hungarian",
@@ -58,7 +68,7 @@ def matches_view(features_a, features_b, image_a: Image.Image, image_b: Image.Im
     matches = matches or match_patches(features_a, features_b, method)
     picture = render.draw_matches(image_a, image_b, matches, top_k=top_k, max_lines=max_lines, seed=seed, cmap=cmap,
                                   gap=8)
-    return picture, matches
+    return finished(picture, features_a, features_b), matches
 
 
 def attention_view(attention, image: Image.Image | None = None, *, heads: bool = True, cmap: str = "inferno",
@@ -77,7 +87,7 @@ def attention_view(attention, image: Image.Image | None = None, *, heads: bool =
         heat = render.place(render.colorize(minmax(values), cmap, 0.0, 1.0), g)
         picture = render.overlay(image, heat, alpha) if image is not None else heat
         panels.append(render.captioned(render.outline_patch(picture, g, attention.query), title))
-    return render.tile(panels, min(columns, len(panels)) if len(panels) > 1 else 1, gap=4)
+    return finished(render.tile(panels, min(columns, len(panels)) if len(panels) > 1 else 1, gap=4), attention)
 
 
 def layers_view(features_list, image: Image.Image | None = None, *, kind: str = "pca", cmap: str = "inferno",
@@ -91,4 +101,4 @@ def layers_view(features_list, image: Image.Image | None = None, *, kind: str = 
     for f in features_list:
         picture = pca_view(f) if kind == "pca" else norms_view(f, cmap=cmap)
         panels.append(render.captioned(picture, f"layer {f.layer}" + ("" if f.normed else " (pre-norm)")))
-    return render.tile(panels, columns or len(panels), gap=4)
+    return render.tile(panels, columns or len(panels), gap=4)  # each panel carries its own tag

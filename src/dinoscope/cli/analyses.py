@@ -3,9 +3,11 @@ attention; and `models`. A collection of inputs is handed to `collections.run`."
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Optional
 
+import click
 import typer
 
 from ..errors import InputError
@@ -150,6 +152,10 @@ def run_all(
     image = images[0] if images else None
     if opts.basis is not None or opts.save_basis is not None:
         raise InputError("--pca-basis and --save-pca-basis on `all` are for collections; use `dinoscope pca` for one image")
+    if image is None and _model_left_default():  # the demo: the only run that may fall back to random weights
+        from ..models.loading import demo_backbone
+
+        opts = dataclasses.replace(opts, model=demo_backbone(device=opts.device, dtype=opts.dtype))
     sources = [image] if image is not None else DEMO_SOURCES
     wanted = sources + ([match_with] if match_with and match_with not in sources else [])
     seen = dict(zip(wanted, o.extractor(opts).extract_many(wanted)))  # one batched pass per input size
@@ -163,6 +169,12 @@ def run_all(
         _draw_matches(seen[a], seen[b], f"{stem(a)}_{stem(b)}_matches.png", opts.out,
                       method=method, top_k=top_k, max_lines=max_lines, seed=seed)
     typer.echo(f"pictures are in {opts.out.resolve()}")
+
+
+def _model_left_default() -> bool:
+    """Whether this command line left --model at its default (not given)."""
+    context = click.get_current_context(silent=True)
+    return context is not None and context.get_parameter_source("model") == click.core.ParameterSource.DEFAULT
 
 
 def _draw_every_view(img, feats, name: str, out: Path) -> None:
@@ -185,11 +197,13 @@ def _draw_matches(a, b, name: str, out: Path, **how) -> None:
 
 def models():
     """Known models: short names, patch size, width, parameters and the memory each needs."""
-    from ..models.registry import HEADROOM, table
+    from ..models.registry import HEADROOM, LOGIN_MARK, table
 
     typer.echo(table())
-    typer.echo(f"\nMemory columns: weights x {HEADROOM} headroom. Pass a short name, a hub id, a save_pretrained folder "
-               "or an official .pth/.safetensors checkpoint to --model.")
+    typer.echo(f"\nMemory columns: weights x {HEADROOM} headroom. {LOGIN_MARK} needs a login: accept the DINOv3 licence "
+               "on the hub page, then `hf auth login`; a short name falls back to the ungated copy (same weights, "
+               "timm's layout) when the official one cannot be had. Pass a short name, either hub id, a folder "
+               "or a .pth/.safetensors checkpoint to --model.")
 
 
 @shared(*MODEL, *INPUT, "prenorm", "out")

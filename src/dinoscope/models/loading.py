@@ -169,8 +169,10 @@ def download_release(spec, asked: str) -> tuple[str, Path, str]:
     give it here (gated, refused, not logged in, offline and not cached), the ungated copy of the
     same weights is used instead, with a one-line notice. An explicit ungated id is used as is.
     """
-    if spec.open_id and asked.lower() == spec.open_id.lower():
-        return (spec.open_id, *_download(spec.open_id))
+    explicit = asked.strip().lower().removeprefix(HUB_PREFIX)
+    if explicit != spec.name and explicit != spec.hub_id.lower():  # an ungated id given by name: only that one
+        repo = next(i for i in spec.ids if i.lower() == explicit)
+        return (repo, *_download(repo))
     try:
         return (spec.hub_id, *_download(spec.hub_id))
     except WeightsUnavailable as official_failure:
@@ -192,9 +194,12 @@ def demo_backbone(*, device: str | None = "auto", dtype="float32") -> Backbone:
     try:
         return load_model(DEFAULT_MODEL, device=device, dtype=dtype)
     except WeightsUnavailable as exc:
-        log.warning("REAL WEIGHTS UNREACHABLE: %s. Drawing the demo with RANDOM weights (%s): the pictures show the "
-                    "layout only, not what DINOv3 sees. Connect once (or log in) and run again for real features.",
-                    str(exc).split(";")[0], DEMO_RANDOM_MODEL)
+        from .registry import lookup
+
+        log.warning("REAL WEIGHTS UNREACHABLE: neither %s nor its ungated copy %s can be had here (the first %s). "
+                    "Drawing the demo with RANDOM weights (%s): the pictures show the layout only, not what DINOv3 "
+                    "sees. Connect to the Hugging Face hub once and run again for real features.",
+                    DEFAULT_MODEL, lookup(DEFAULT_MODEL).open_id, exc.reason, DEMO_RANDOM_MODEL)
         return load_model(DEMO_RANDOM_MODEL, device=device, dtype=dtype)
 
 

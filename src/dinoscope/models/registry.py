@@ -33,40 +33,55 @@ class ModelSpec:
     data: str = "LVD-1689M"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    open_id: str = ""  # timm's ungated copy of the same weights ("" if none)
+    also_open: tuple[str, ...] = ()  # other ungated copies accepted by id (timm's variant without qkv biases)
+    gated: bool = True  # the official repository needs an accepted licence and a login
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        """Every hub id that holds this release."""
+        return tuple(i for i in (self.hub_id, self.open_id, *self.also_open) if i)
 
     def memory(self, dtype: str = "float32") -> int:
         """Bytes of the weights in `dtype`."""
         return self.params * DTYPE_BYTES[dtype]
 
 
-def _v3(name, hub, width, depth, heads, params, data="LVD-1689M", mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    return ModelSpec(name, hub, "dinov3-vit", 16, width, depth, heads, 4, params, data, mean, std)
+def _v3(name, hub, width, depth, heads, params, data="LVD-1689M", mean=IMAGENET_MEAN, std=IMAGENET_STD, timm=""):
+    # timm's `_qkvb` copies keep the released query/value biases, so they compute the official tokens exactly;
+    # the plain copies drop them (all zero in the distilled B, L and H+); 7B has no biases and no `_qkvb` copy
+    tag = "sat493m" if data == "SAT-493M" else "lvd1689m"
+    plain = f"timm/{timm}_patch16_dinov3.{tag}"
+    exact = plain if timm == "vit_7b" else f"timm/{timm}_patch16_dinov3_qkvb.{tag}"
+    return ModelSpec(name, hub, "dinov3-vit", 16, width, depth, heads, 4, params, data, mean, std, exact,
+                     (plain,) if plain != exact else ())
 
 
 def _cnx(name, hub, width, params):
-    return ModelSpec(name, hub, "dinov3-convnext", 32, width, 4, 0, 0, params)
+    size = name.removeprefix("convnext-")
+    return ModelSpec(name, hub, "dinov3-convnext", 32, width, 4, 0, 0, params, open_id=f"timm/convnext_{size}.dinov3_lvd1689m")
 
 
 def _v2(name, hub, width, depth, heads, registers, params):
-    return ModelSpec(name, hub, "dinov2", 14, width, depth, heads, registers, params, "LVD-142M")
+    return ModelSpec(name, hub, "dinov2", 14, width, depth, heads, registers, params, "LVD-142M", gated=False)
 
 
 _LVD = "pretrain-lvd1689m"
 MODELS: dict[str, ModelSpec] = {m.name: m for m in [
-    _v3("vits16", f"facebook/dinov3-vits16-{_LVD}", 384, 12, 6, 21_600_000),
-    _v3("vits16plus", f"facebook/dinov3-vits16plus-{_LVD}", 384, 12, 6, 28_700_000),
-    _v3("vitb16", f"facebook/dinov3-vitb16-{_LVD}", 768, 12, 12, 85_700_000),
-    _v3("vitl16", f"facebook/dinov3-vitl16-{_LVD}", 1024, 24, 16, 303_000_000),
-    _v3("vith16plus", f"facebook/dinov3-vith16plus-{_LVD}", 1280, 32, 20, 840_000_000),
-    _v3("vit7b16", f"facebook/dinov3-vit7b16-{_LVD}", 4096, 40, 32, 6_716_000_000),
+    _v3("vits16", f"facebook/dinov3-vits16-{_LVD}", 384, 12, 6, 21_600_000, timm="vit_small"),
+    _v3("vits16plus", f"facebook/dinov3-vits16plus-{_LVD}", 384, 12, 6, 28_700_000, timm="vit_small_plus"),
+    _v3("vitb16", f"facebook/dinov3-vitb16-{_LVD}", 768, 12, 12, 85_700_000, timm="vit_base"),
+    _v3("vitl16", f"facebook/dinov3-vitl16-{_LVD}", 1024, 24, 16, 303_000_000, timm="vit_large"),
+    _v3("vith16plus", f"facebook/dinov3-vith16plus-{_LVD}", 1280, 32, 20, 840_000_000, timm="vit_huge_plus"),
+    _v3("vit7b16", f"facebook/dinov3-vit7b16-{_LVD}", 4096, 40, 32, 6_716_000_000, timm="vit_7b"),
     _cnx("convnext-tiny", f"facebook/dinov3-convnext-tiny-{_LVD}", 768, 27_800_000),
     _cnx("convnext-small", f"facebook/dinov3-convnext-small-{_LVD}", 768, 49_500_000),
     _cnx("convnext-base", f"facebook/dinov3-convnext-base-{_LVD}", 1024, 87_600_000),
     _cnx("convnext-large", f"facebook/dinov3-convnext-large-{_LVD}", 1536, 198_000_000),
     _v3("vitl16-sat", "facebook/dinov3-vitl16-pretrain-sat493m", 1024, 24, 16, 303_000_000, "SAT-493M", SAT_MEAN,
-        SAT_STD),
+        SAT_STD, timm="vit_large"),
     _v3("vit7b16-sat", "facebook/dinov3-vit7b16-pretrain-sat493m", 4096, 40, 32, 6_716_000_000, "SAT-493M", SAT_MEAN,
-        SAT_STD),
+        SAT_STD, timm="vit_7b"),
     _v2("dinov2-small", "facebook/dinov2-small", 384, 12, 6, 0, 22_100_000),
     _v2("dinov2-base", "facebook/dinov2-base", 768, 12, 12, 0, 86_600_000),
     _v2("dinov2-large", "facebook/dinov2-large", 1024, 24, 16, 0, 304_000_000),
@@ -76,12 +91,14 @@ MODELS: dict[str, ModelSpec] = {m.name: m for m in [
     _v2("dinov2-large-reg", "facebook/dinov2-with-registers-large", 1024, 24, 16, 4, 304_000_000),
     _v2("dinov2-giant-reg", "facebook/dinov2-with-registers-giant", 1536, 40, 24, 4, 1_136_000_000),
 ]}
-BY_HUB_ID: dict[str, ModelSpec] = {m.hub_id.lower(): m for m in MODELS.values()}
+BY_HUB_ID: dict[str, ModelSpec] = {i.lower(): m for m in MODELS.values() for i in m.ids}
+LOGIN_MARK = "*"
 
 
 def lookup(text: str) -> ModelSpec | None:
-    """The spec a short name or a known hub id names (case-insensitive), else None."""
-    key = text.strip().lower()
+    """The spec a short name or a known hub id (official or ungated copy; `hf-hub:` prefix allowed) names
+    (case-insensitive), else None."""
+    key = text.strip().lower().removeprefix("hf-hub:")
     return MODELS.get(key) or BY_HUB_ID.get(key)
 
 
@@ -112,13 +129,14 @@ def human_count(n: int) -> str:
 
 def table() -> str:
     """The registry as a fixed-width text table (what `dinoscope models` prints)."""
-    head = ("name", "patch", "width", "depth", "regs", "params", "float32", "bfloat16", "data", "hub id")
+    head = ("name", "patch", "width", "depth", "regs", "params", "float32", "bfloat16", "data", "official id",
+            "ungated copy (no login)")
     rows = [head]
     for m in MODELS.values():
         depth = f"{m.depth} st" if m.family == "dinov3-convnext" else str(m.depth)
         rows.append((m.name, str(m.patch_size), str(m.width), depth, str(m.registers), human_count(m.params),
                      human_bytes(m.memory("float32") * HEADROOM), human_bytes(m.memory("bfloat16") * HEADROOM),
-                     m.data, m.hub_id))
+                     m.data, m.hub_id + (f" {LOGIN_MARK}" if m.gated else ""), m.open_id or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -51,8 +51,9 @@ def _loaded(engine: Engine, session, slot: str, s: Slot, what: str, settings: Se
     if settings is not None:
         started = time.perf_counter()
         try:
-            engine.features(settings.model, s, settings.resolution, settings.layer)
-            message += f" (features ready in {time.perf_counter() - started:.1f} s)"
+            feats = engine.features(settings.model, s, settings.resolution, settings.layer)
+            message += (f" (features ready in {time.perf_counter() - started:.1f} s; weights {feats.model} at "
+                        f"revision {feats.revision[:12]})")
         except DinoscopeError as exc:  # the image is loaded all the same; the message says why no features yet
             message += f"; {exc}"
     return session, s.image, message
