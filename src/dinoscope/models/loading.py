@@ -441,8 +441,8 @@ def _download(repo_id: str) -> tuple[Path, str]:
         ) from exc
     except hf_errors.LocalEntryNotFoundError as exc:
         raise WeightsUnavailable(
-            f"{repo_id} is not in the Hugging Face cache and the hub cannot be reached (offline or HF_HUB_OFFLINE=1); "
-            f"connect once to download it, {alternatives}", "is not cached and the hub cannot be reached"
+            f"{repo_id} is not in the Hugging Face cache and the hub cannot be reached ({_hub_cause(exc)}); "
+            f"connect once to download it, {alternatives}", f"is not cached and the hub cannot be reached ({_hub_cause(exc)})"
         ) from exc
     except hf_errors.HfHubHTTPError as exc:
         status = getattr(getattr(exc, "response", None), "status_code", None)
@@ -454,12 +454,36 @@ def _download(repo_id: str) -> tuple[Path, str]:
         raise ModelError(f"downloading {repo_id} failed: {str(exc).splitlines()[0]}; {alternatives}") from exc
     except OSError as exc:
         raise ModelError(f"downloading {repo_id} failed: {exc}; {alternatives}") from exc
+    except Exception as exc:  # the HTTP library's own errors (a timeout, a dropped connection) mid-download
+        if "timeout" in type(exc).__name__.lower() or "connect" in type(exc).__name__.lower():
+            raise WeightsUnavailable(f"downloading {repo_id} failed: the hub did not answer ({type(exc).__name__}); "
+                                     f"run again to resume, {alternatives}", "did not download (the hub did not "
+                                     "answer)") from exc
+        raise ModelError(f"downloading {repo_id} failed: {type(exc).__name__}: {_first_line(exc)}; "
+                         f"{alternatives}") from exc
     folder = Path(folder)
     if not any(folder.glob("*.safetensors")):  # a snapshot left incomplete by an interrupted download
         raise WeightsUnavailable(
             f"the cached snapshot of {repo_id} has no weights file (an interrupted download?) and the hub did not "
             f"complete it; connect and run again, {alternatives}", "is only partly cached")
     return folder, folder.name
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _hub_cause(exc: BaseException) -> str:
+    """Why huggingface_hub fell back to the cache: offline mode, an HTTP status, or a network failure."""
+    cause = exc.__cause__ or exc.__context__
+    status = getattr(getattr(cause, "response", None), "status_code", None)
+    if status is not None:
+        return f"the hub answered HTTP {status}"
+    if cause is not None and "offline" in type(cause).__name__.lower() or "HF_HUB_OFFLINE" in str(exc):
+        return "offline mode, HF_HUB_OFFLINE=1"
+    if cause is not None:
+        return f"{type(cause).__name__}: {_first_line(cause)}"
+    return "offline, or HF_HUB_OFFLINE=1"
 
 
 def _load_transformers_folder(folder: Path, source: str, attention: str):

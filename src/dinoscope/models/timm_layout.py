@@ -172,6 +172,10 @@ def _vit(state: dict, config: dict, source: str):
         missing = [k for k, v in out.items() if v is None]
         raise ModelError(f"{source} does not fit a timm DINOv3 ViT: missing {official._few(missing) or 'nothing'}, "
                          f"unexpected {official._few(leftover) or 'nothing'}; it may be another architecture")
+    missing = _missing_vit_keys(out, cfg)
+    if missing:
+        raise ModelError(f"{source} does not fit a timm DINOv3 ViT: missing {official._few(missing)}; the file is "
+                         f"incomplete or from another architecture")
     model = vit.from_state_dict(out, cfg)
     if model is None:
         raise ModelError(f"{source}: the renamed timm weights do not fit the inferred ViT; the file is inconsistent")
@@ -206,3 +210,18 @@ def _convnext(state: dict, source: str):
     except ModelError as exc:
         raise ModelError(f"{source} does not fit a timm DINOv3 ConvNeXt: {exc}") from exc
     return official.build_model(config, hf_state, dtype=None)
+
+
+def _missing_vit_keys(renamed: dict, cfg) -> list[str]:
+    """timm names of the weights the inferred ViT needs but the file lacks."""
+    with torch.device("meta"):
+        needed = set(vit.DINOv3ViT(cfg).state_dict()) - {"embeddings.mask_token"}
+    have = {("model." + k if k.startswith("layer.") else k) for k in renamed}
+    back = {name: timm_name for timm_name, name in _VIT_BLOCK_NAMES.items()}
+    back.update({"attention.q_proj.weight": "attn.qkv.weight", "attention.k_proj.weight": "attn.qkv.weight",
+                 "attention.v_proj.weight": "attn.qkv.weight"})
+    missing = set()
+    for key in needed - have:
+        m = re.match(r"^model\.layer\.(\d+)\.(.+)$", key)
+        missing.add(f"blocks.{m.group(1)}.{back.get(m.group(2), m.group(2))}" if m else key)
+    return sorted(missing, key=official._natural)
