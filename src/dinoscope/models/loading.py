@@ -181,8 +181,9 @@ def download_release(spec, asked: str) -> tuple[str, Path, str]:
         try:
             folder, revision = _download(spec.open_id)
         except ModelError as open_failure:
-            raise WeightsUnavailable(f"{official_failure}; the ungated copy {spec.open_id} failed too: "
-                                     f"{open_failure}", official_failure.reason) from open_failure
+            why = getattr(open_failure, "reason", None) or str(open_failure).split(";")[0]
+            raise WeightsUnavailable(f"{official_failure}; its ungated copy {spec.open_id} could not be had either: "
+                                     f"it {why}", official_failure.reason) from open_failure
         log.warning("using %s, the ungated copy of the same weights (revision %s), because %s %s",
                     spec.open_id, revision[:12], spec.hub_id, official_failure.reason)
         return spec.open_id, folder, revision
