@@ -65,8 +65,9 @@ class Options:
 
 # The flag and help of each field of Options.
 FLAGS = dict(
-    model=Annotated[str, typer.Option("--model", "-m", help="Short name (see `dinoscope models`), hub id, "
-                                      "save_pretrained folder, or .pth/.safetensors checkpoint.")],
+    model=Annotated[str, typer.Option("--model", "-m", help="Short name (see `dinoscope models`), hub id (official, "
+                                      "or the ungated timm/... copy), save_pretrained or timm folder, or "
+                                      ".pth/.safetensors checkpoint.")],
     device=Annotated[str, typer.Option("--device", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.")],
     dtype=Annotated[str, typer.Option(
         "--dtype", help="float32 or bfloat16 (float16 is not offered: DINOv3 overflows in it).")],

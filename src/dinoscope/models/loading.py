@@ -104,10 +104,13 @@ def load_model(source: str | os.PathLike = DEFAULT_MODEL, *, device: str | None 
                attention: str = "sdpa", check_memory: bool = True) -> Backbone:
     """Load a DINOv3 (or DINOv2) backbone from wherever its weights are.
 
-    `source` is a short name (`dinoscope models` lists them), a Hugging Face hub id, a local
-    folder in the `save_pretrained` layout, an official DINOv3 checkpoint (`.pth`), or a
-    single `.safetensors` file (official or transformers key layout). Before any weights are
-    read, the model's size is checked against the free memory of the device.
+    `source` is a short name (`dinoscope models` lists them), a Hugging Face hub id (official, or
+    timm's ungated copy, `hf-hub:` prefix allowed), a local folder (`save_pretrained` or timm's hub
+    layout), an official DINOv3 checkpoint (`.pth`), or a single `.safetensors` file (official,
+    transformers or timm key layout). A short name or official id whose repository cannot be had
+    here falls back to the release's ungated copy, with a notice (see `download_release`); the
+    Backbone's source and revision name what was used. Before any weights are read, the model's
+    size is checked against the free memory of the device.
     `attention` is "sdpa" (fast, the default) or "eager"; dinoscope computes attention maps
     itself, so eager is never needed for them.
     """

@@ -167,7 +167,8 @@ def _vit(state: dict, config: dict, source: str):
                 out[h + name] = state.pop(b + timm_name)
         for scale in ("layer_scale1.lambda1", "layer_scale2.lambda1"):  # a model without layer scale
             out.setdefault(h + scale, torch.ones(d))
-    leftover = sorted((k for k in state if not k.endswith("rope.periods")), key=official._natural)
+    unused = ("rope.periods", "mask_token")  # a RoPE buffer and a pretraining token: nothing extraction needs
+    leftover = sorted((k for k in state if not k.endswith(unused)), key=official._natural)
     if leftover or any(v is None for v in out.values()):
         missing = [k for k, v in out.items() if v is None]
         raise ModelError(f"{source} does not fit a timm DINOv3 ViT: missing {official._few(missing) or 'nothing'}, "
