@@ -39,6 +39,14 @@ def timm_files(tmp_path_factory) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="session")
+def plain_timm_files(tmp_path_factory) -> dict[str, bytes]:
+    """The same, in timm's plain variant: no query/value biases."""
+    model = build_vit(9, query_bias=False, value_bias=False)
+    return folder_files(write_timm_folder(tmp_path_factory.mktemp("timm-plain"), model, "vit_small_patch16_dinov3",
+                                          num_heads=4))
+
+
+@pytest.fixture(scope="session")
 def official_files(tmp_path_factory) -> dict[str, bytes]:
     folder = tmp_path_factory.mktemp("official-copy")
     build_vit(8).save_pretrained(folder)
@@ -157,10 +165,12 @@ def cli(args, env: dict, cwd: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
-def test_cli_downloads_through_hf_endpoint_with_progress_and_says_which_copy(tmp_path, timm_files):
+def test_cli_downloads_through_hf_endpoint_with_progress_and_says_which_copy(tmp_path, timm_files, plain_timm_files):
+    plain = "timm/vit_small_patch16_dinov3.lvd1689m"
     with FakeHub() as fake:
         fake.add(DEMO_OFFICIAL, "gated")
         fake.add(DEMO_OPEN, "files", timm_files)
+        fake.add(plain, "files", plain_timm_files)
         env = {"HF_ENDPOINT": fake.url, "HF_HOME": str(tmp_path / "hf")}
         done = cli(["all", "-r", "long:64", "-o", "out"], env, tmp_path)
         assert done.returncode == 0, done.stderr
@@ -168,11 +178,14 @@ def test_cli_downloads_through_hf_endpoint_with_progress_and_says_which_copy(tmp
         assert "Download" in done.stderr or "100%" in done.stderr  # huggingface_hub's progress
         assert "RANDOM" not in done.stderr
         assert (tmp_path / "out" / "chelsea_pca.png").is_file()
+        done = cli(["norms", "sample:coffee", "--model", "hf-hub:" + plain, "-r", "long:64", "-o", "first"], env,
+                   tmp_path)
+        assert done.returncode == 0 and "using" not in done.stderr, done.stderr  # named: nothing substituted
     # the hub is gone: the cache holds only the ungated copy, and the demo and a named model still work
     offline = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
     done = cli(["all", "-r", "long:64", "-o", "again"], offline, tmp_path)
     assert done.returncode == 0 and f"using {DEMO_OPEN}" in done.stderr and "RANDOM" not in done.stderr
-    done = cli(["pca", "sample:coffee", "--model", DEMO_OPEN, "-r", "long:64", "-o", "named"], offline, tmp_path)
+    done = cli(["pca", "sample:coffee", "--model", plain, "-r", "long:64", "-o", "named"], offline, tmp_path)
     assert done.returncode == 0, done.stderr
     photo = Image.open(tmp_path / "named" / "coffee_pca.png").convert("RGB")
     assert photo.getpixel((1, 1)) != (200, 0, 0)  # real weights: no random-weights tag
@@ -198,3 +211,18 @@ def test_the_random_weights_tag_is_a_corner_of_the_same_picture():
     assert tagged.getpixel((1, 1)) == (200, 0, 0) and tagged.getpixel((319, 199)) == (0, 0, 255)
     changed = int((np.asarray(tagged) != np.asarray(picture)).any(axis=-1).sum())
     assert 0 < changed < 0.15 * 320 * 200
+
+
+def test_explorer_works_offline_from_the_ungated_copy_and_shows_which_weights(hub, timm_files, monkeypatch, tmp_path):
+    from dinoscope import ui
+
+    hub.add(DEMO_OPEN, "files", timm_files)
+    load_model(DEMO_OPEN, device="cpu")  # the cache now holds only the ungated copy
+    go_offline(monkeypatch)
+    engine = ui.Engine(device="cpu", disk_cache=False, workdir=tmp_path)
+    try:
+        settings = ui.Settings(model=engine.default_label, resolution="short:224")
+        _session, _image, status = ui.load_sample(engine, None, "chelsea", "A", settings)
+    finally:
+        engine.close()
+    assert f"weights {DEMO_OPEN} at revision {COMMIT[:12]}" in status
