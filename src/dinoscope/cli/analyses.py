@@ -7,7 +7,6 @@ import dataclasses
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 
 from ..errors import InputError
@@ -135,6 +134,7 @@ DEMO_SOURCES = ["sample:chelsea", "sample:coffee", "sample:astronaut"]
 
 @shared(*EXTRACTION, *BASIS, *COLLECTION)
 def run_all(
+    context: typer.Context,
     images: InputsArg = None,
     match_with: Annotated[Optional[str], typer.Option("--match", help="Also match against this second image.")] = None,
     method: MethodOpt = "hungarian", top_k: TopKOpt = 0, max_lines: MaxLinesOpt = 800, seed: SeedOpt = 0,
@@ -152,7 +152,7 @@ def run_all(
     image = images[0] if images else None
     if opts.basis is not None or opts.save_basis is not None:
         raise InputError("--pca-basis and --save-pca-basis on `all` are for collections; use `dinoscope pca` for one image")
-    if image is None and _model_left_default():  # the demo: the only run that may fall back to random weights
+    if image is None and _model_left_default(context):  # the demo: the only run that may fall back to random weights
         from ..models.loading import demo_backbone
 
         opts = dataclasses.replace(opts, model=demo_backbone(device=opts.device, dtype=opts.dtype))
@@ -171,10 +171,10 @@ def run_all(
     typer.echo(f"pictures are in {opts.out.resolve()}")
 
 
-def _model_left_default() -> bool:
+def _model_left_default(context) -> bool:
     """Whether this command line left --model at its default (not given)."""
-    context = click.get_current_context(silent=True)
-    return context is not None and context.get_parameter_source("model") == click.core.ParameterSource.DEFAULT
+    source = context.get_parameter_source("model")  # typer may vendor click: compare the enum by name
+    return source is not None and source.name == "DEFAULT"
 
 
 def _draw_every_view(img, feats, name: str, out: Path) -> None:
