@@ -50,7 +50,7 @@ def timm_references(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("timm-references")
     env = dict(os.environ, PYTHONPATH=str(site))
     done = subprocess.run([sys.executable, str(TESTS / "timm_reference.py"), str(out)], env=env,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     return out
 
@@ -119,7 +119,7 @@ def test_damaged_or_foreign_timm_folders_fail_clearly(tmp_path):
 
 
 def test_every_dinov3_release_names_its_ungated_copy_and_both_ids_find_it():
-    for name, spec in MODELS.items():
+    for spec in MODELS.values():
         if spec.family == "dinov2":
             assert not spec.gated and not spec.open_id
             continue

@@ -120,7 +120,7 @@ def _vit(state: dict, config: dict, source: str):
         qkv = state.pop(b + "attn.qkv.weight", None)
         if qkv is None or qkv.shape[0] != 3 * d:
             raise ModelError(f"{source}: {b}attn.qkv.weight is missing or not ({3 * d}, {d}); the file is damaged")
-        for name, part in zip(("q_proj", "k_proj", "v_proj"), qkv.chunk(3, dim=0)):
+        for name, part in zip(("q_proj", "k_proj", "v_proj"), qkv.chunk(3, dim=0), strict=True):
             out[h + f"attention.{name}.weight"] = part
         k_bias = state.pop(b + "attn.k_bias", None)  # timm keeps a zero key bias as a buffer
         if k_bias is not None and bool(k_bias.ne(0).any()):
