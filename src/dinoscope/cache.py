@@ -1,4 +1,10 @@
-"""On-disk feature cache: a second look at an image already seen does no forward pass.
+"""Feature caches: a second look at an image already seen does no forward pass.
+
+One protocol (`get(key)` -> Features or None, `put(key, features)`), three implementations,
+handed to the Extractor when it is built: `FeatureCache` (on disk, below), `MemoryCache`
+(a bounded in-process LRU) and `LayeredCache` (a front cache before a back one).
+
+The disk cache:
 
 Entries are safetensors files (the `Features.save` format) named by a SHA-256 key over
 everything that decides the tokens: model source and weights revision, patch size, the
@@ -26,11 +32,16 @@ import json
 import logging
 import os
 import re
+import tempfile
+import threading
 import time
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Iterator, Protocol
 
 from .errors import InputError
+from .tokens import Features
 
 log = logging.getLogger("dinoscope")
 
@@ -91,6 +102,15 @@ class CacheKey:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
+class Cache(Protocol):
+    """What the Extractor asks of a cache. `get` misses with None; `put` never raises for a full or
+    read-only store (the cache steps aside, extraction goes on)."""
+
+    def get(self, key: CacheKey) -> Features | None: ...
+
+    def put(self, key: CacheKey, features: Features) -> object: ...
+
+
 class FeatureCache:
     """A size-bounded folder of cached Features, safe for concurrent processes.
 
@@ -117,8 +137,6 @@ class FeatureCache:
 
     def get(self, key: CacheKey):
         """The cached Features for `key`, or None (missing, unreadable or not for this key)."""
-        from .features import Features
-
         path = self.path(key)
         try:
             features = Features.load(path)
@@ -142,8 +160,6 @@ class FeatureCache:
 
     def put(self, key: CacheKey, features) -> Path | None:
         """Store `features` under `key` (atomically); returns the entry path, or None if it could not be written."""
-        from dataclasses import replace
-
         if self.max_bytes == 0 or self._write_failed:
             return None
         path = self.path(key)
@@ -212,17 +228,67 @@ def _consistent(features) -> bool:
             and features.registers.ndim == 2)
 
 
-class _LayeredCache:
-    """A private, unbounded cache in front of the user's: reads try it first, writes go to both."""
+class MemoryCache:
+    """The `max_entries` most recently used Features in this process (thread-safe).
 
-    def __init__(self, front: FeatureCache, back: FeatureCache | None):
+    Entries are kept without their image, and every hit is a fresh shallow copy, so a caller
+    that sets `features.image` never changes what another caller reads.
+    """
+
+    def __init__(self, max_entries: int = 64):
+        if max_entries < 0:
+            raise InputError(f"a memory cache holds 0 or more entries, not {max_entries}")
+        self.max_entries = max_entries
+        self.hits = 0
+        self.misses = 0
+        self._entries: OrderedDict[str, Features] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"MemoryCache(max_entries={self.max_entries}, held={len(self)})"
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: CacheKey) -> Features | None:
+        with self._lock:
+            found = self._entries.get(key.digest)
+            if found is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key.digest)
+            self.hits += 1
+        return replace(found, extra=dict(found.extra))
+
+    def put(self, key: CacheKey, features: Features) -> None:
+        if self.max_entries == 0:
+            return
+        with self._lock:
+            self._entries[key.digest] = replace(features, image=None, extra=dict(features.extra))
+            self._entries.move_to_end(key.digest)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+class LayeredCache:
+    """A front cache before a back one (e.g. memory before disk): reads try the front first and copy
+    back-cache hits forward; writes go to both. `back` may be None (the front alone)."""
+
+    def __init__(self, front: Cache, back: Cache | None = None):
         self.front, self.back = front, back
+
+    def __repr__(self) -> str:
+        return f"LayeredCache({self.front!r}, {self.back!r})"
 
     @property
     def hits(self) -> int:
         return self.front.hits + (self.back.hits if self.back is not None else 0)
 
-    def get(self, key: CacheKey):
+    def get(self, key: CacheKey) -> Features | None:
         found = self.front.get(key)
         if found is None and self.back is not None:
             found = self.back.get(key)
@@ -230,23 +296,29 @@ class _LayeredCache:
                 self.front.put(key, found)
         return found
 
-    def put(self, key: CacheKey, features) -> None:
+    def put(self, key: CacheKey, features: Features) -> None:
         self.front.put(key, features)
         if self.back is not None:
             self.back.put(key, features)
 
 
 @contextlib.contextmanager
-def scratch_cache(extractor, folder: Path):
-    """For runs that read every image more than once (a collection's PCA fit, a video): a private cache
-    in `folder` in front of the extractor's own, deleted at the end, so no pass recomputes an image
-    however small the user's cache is (a bounded cache would evict the run's own entries)."""
-    import tempfile
-
+def scratch_layer(folder: Path, back: Cache | None) -> Iterator[LayeredCache]:
+    """A layered cache for runs that read every image more than once (a collection's PCA fit, a video):
+    a private, unbounded disk cache in a temporary folder inside `folder` (deleted at the end) in front of
+    `back`, so no pass recomputes an image however small the user's cache is (a bounded cache would evict
+    the run's own entries). Build the run's Extractor with it."""
     folder.mkdir(parents=True, exist_ok=True)
-    saved = extractor.cache
     with tempfile.TemporaryDirectory(prefix=".dinoscope-scratch-", dir=folder) as tmp:
-        extractor.cache = _LayeredCache(FeatureCache(tmp, max_bytes=1 << 62), saved)
+        yield LayeredCache(FeatureCache(tmp, max_bytes=1 << 62), back)
+
+
+@contextlib.contextmanager
+def scratch_cache(extractor, folder: Path):
+    """`scratch_layer` placed on an existing extractor for the duration (its own cache restored after)."""
+    saved = extractor.cache
+    with scratch_layer(folder, saved) as layered:
+        extractor.cache = layered
         try:
             yield
         finally:

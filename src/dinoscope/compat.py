@@ -12,9 +12,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
+
+from .analyses import match_patches, minmax, patch_norms, pca_rgb, similarity_map
 from .errors import InputError
+from .features import Features, forward_tokens, preprocess
 from .geometry import Geometry, Resolution
-from .models import DEFAULT_MODEL
+from .images import load_image
+from .models import DEFAULT_MODEL, load_model, resolve_device
+from .models.loading import IMAGENET_MEAN, IMAGENET_STD, describe
+
+__all__ = ["FeaturesLengthExperiment", "MatchingExperiment", "PCAExperiment", "SimilarityExperiment",
+           "load_dinov3_model", "process_image", "run_feat_len", "run_matching", "run_pca", "run_similarity"]
 
 NATIVE = Resolution("native", None, max_tokens=None)  # for model inputs the caller already sized
 NATIVE_WITH_BUDGET = Resolution("native")  # the scripts: native size, downscaled with a notice past the token budget
@@ -22,18 +31,11 @@ NATIVE_WITH_BUDGET = Resolution("native")  # the scripts: native size, downscale
 
 def load_dinov3_model(model_name: str = DEFAULT_MODEL, device: str | None = None, dtype: str = "float32"):
     """Load a backbone (a `dinoscope.Backbone`; `.module` is the torch model, callable like transformers')."""
-    from .models import load_model
-
     return load_model(model_name, device=device or "auto", dtype=dtype)
 
 
 def process_image(image, device: str | None = None, mean=None, std=None):
     """(RGB PIL image, {"pixel_values": (1, 3, H, W) tensor}) at native size, normalised for the model."""
-    from .features import preprocess
-    from .images import load_image
-    from .models import resolve_device
-    from .models.loading import IMAGENET_MEAN, IMAGENET_STD
-
     pil = load_image(image)
     full = Geometry(1, pil.height, pil.width, pil.size, pil.size, False)  # patch size 1: every pixel kept
     pixels = preprocess(pil, full, mean or IMAGENET_MEAN, std or IMAGENET_STD).unsqueeze(0)
@@ -42,9 +44,6 @@ def process_image(image, device: str | None = None, mean=None, std=None):
 
 class _Experiment:
     def __init__(self, dinov3_model=None, device: str | None = None):
-        from .models import load_model
-        from .models.loading import describe
-
         if dinov3_model is None:
             dinov3_model = load_model(DEFAULT_MODEL, device=device or "auto")
         elif not hasattr(dinov3_model, "module"):  # a bare transformers model
@@ -55,8 +54,6 @@ class _Experiment:
 
     def features(self, inputs) -> list:
         """One Features per image of a batch of model inputs (native size)."""
-        from .features import Features, forward_tokens
-
         pixels = inputs["pixel_values"] if isinstance(inputs, dict) else inputs
         if pixels.dim() == 3:
             pixels = pixels.unsqueeze(0)
@@ -72,28 +69,18 @@ class _Experiment:
 class FeaturesLengthExperiment(_Experiment):
     def run_dict(self, inputs) -> dict:
         """{"norm_feat_lens": (B, Hp, Wp)}: L2 norm of each patch token, min-max scaled per image."""
-        import torch
-
-        from .analyses import minmax, patch_norms
-
         return {"norm_feat_lens": torch.stack([minmax(patch_norms(f)) for f in self.features(inputs)])}
 
 
 class PCAExperiment(_Experiment):
     def run_dict(self, inputs) -> dict:
         """{"pca": (3, Hp, Wp)}: the first three components of the (first) image, scaled to [0, 1]."""
-        from .analyses import pca_rgb
-
         return {"pca": pca_rgb(self.features(inputs)[0]).permute(2, 0, 1)}
 
 
 class SimilarityExperiment(_Experiment):
     def run_dict(self, inputs, patch_idx: int = -1) -> dict:
         """{"similarity": (B, Hp, Wp, 1)}: cosine similarity to patch `patch_idx` (-1 = CLS), negatives set to 0."""
-        import torch
-
-        from .analyses import similarity_map
-
         maps = [similarity_map(f, patch_idx).clamp(min=0) for f in self.features(inputs)]
         return {"similarity": torch.stack(maps)[..., None]}
 
@@ -104,10 +91,6 @@ class MatchingExperiment(_Experiment):
 
         Patches of image 1 left unmatched (when image 1 has more patches) get -1 and score 0.
         """
-        import torch
-
-        from .analyses import match_patches
-
         matching, scores = [], []
         for fa, fb in zip(self.features(inputs1), self.features(inputs2)):
             m = match_patches(fa, fb, "hungarian")

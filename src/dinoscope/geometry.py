@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass
+from typing import Union
 
 from .errors import InputError
 
@@ -25,6 +26,28 @@ def check_density(patch_size: int, density: int) -> None:
     if patch_size % density:
         raise InputError(f"density {density} does not divide the {patch_size}-pixel patch; use "
                          f"{' or '.join(str(k) for k in DENSITIES if patch_size % k == 0)}")
+
+
+CLS = -1  # the query index that means the CLS token
+
+
+@dataclass(frozen=True)
+class Patch:
+    """A patch by grid position."""
+
+    row: int
+    col: int
+
+
+@dataclass(frozen=True)
+class Pixel:
+    """A point in original-image pixels; the patch covering it is the query."""
+
+    x: float
+    y: float
+
+
+Query = Union[int, Patch, Pixel]
 
 
 @dataclass(frozen=True)
@@ -61,6 +84,17 @@ class Resolution:
         if mode not in ("short", "long") or not size.isdigit():
             raise InputError(f"cannot read resolution {text!r}; use native, short:N or long:N (e.g. short:768)")
         return cls(mode, int(size), max_tokens)
+
+    @classmethod
+    def coerce(cls, value: "Resolution | str | None") -> "Resolution":
+        """A Resolution from itself, a string such as "short:768" (see `parse`), or None (the default policy)."""
+        if value is None:
+            return cls()
+        if isinstance(value, str):
+            return cls.parse(value)
+        if isinstance(value, Resolution):
+            return value
+        raise InputError(f"cannot use {value!r} as a resolution; give native, short:N or long:N (e.g. short:768)")
 
     def __str__(self) -> str:
         return self.mode if self.mode == "native" else f"{self.mode}:{self.size}"
@@ -210,6 +244,19 @@ class Geometry:
         col = min(int(x / (self.cell_size * sx)), self.cols - 1)
         row = min(int(y / (self.cell_size * sy)), self.rows - 1)
         return row * self.cols + col
+
+    def query_index(self, query: Query) -> int:
+        """The row-major patch index a query names (an index, Patch or Pixel), or CLS (-1)."""
+        if isinstance(query, Pixel):
+            return self.patch_at(query.x, query.y)
+        if isinstance(query, Patch):
+            return self.index(query.row, query.col)
+        if isinstance(query, bool) or not isinstance(query, int):
+            raise InputError(f"cannot use {query!r} as a query; give a patch index, Patch(row, col) or Pixel(x, y)")
+        if query == CLS:
+            return CLS
+        self.cell(query)  # raises with the valid range when out of bounds
+        return query
 
     def _check_cell(self, row: int, col: int) -> None:
         if not (0 <= row < self.rows and 0 <= col < self.cols):

@@ -1,7 +1,9 @@
-"""What each analysis looks like: Features (and the photo) in, finished RGB pictures out.
+"""What each analysis looks like: Features in, finished RGB pictures (PIL images) out.
 
-The CLI, the reference-compatible scripts and the web explorer all draw through these,
-so a picture is the same wherever it is made. Nothing here touches files.
+The CLI, the reference-compatible scripts, the web explorer and notebooks all draw through
+these, so a picture is the same wherever it is made. Nothing here touches files. The photo
+is found on the Features (`features.image`, set by extraction) unless one is passed; pass
+`image=None` for a bare map.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from PIL import Image
 
 from . import render
 from .analyses import PCABasis, attention_map, match_patches, minmax, patch_norms, query_index, similarity_map
+from .errors import InputError
 
 RANDOM_PREFIX = "random:"
 
@@ -21,8 +24,21 @@ def finished(picture: Image.Image, *made_from) -> Image.Image:
     return picture
 
 
-def norms_view(features, image: Image.Image | None = None, *, cmap: str = "inferno", alpha: float = 0.0) -> Image.Image:
+class _FromFeatures:
+    def __repr__(self) -> str:
+        return "the image on the Features"
+
+
+FROM_FEATURES = _FromFeatures()  # default photo argument: the one the Features (or Attention) carry, if any
+
+
+def _photo(image, owner):
+    return getattr(owner, "image", None) if image is FROM_FEATURES else image
+
+
+def norms_view(features, image=FROM_FEATURES, *, cmap: str = "inferno", alpha: float = 0.0) -> Image.Image:
     """Feature-norm map at the photo's size; with alpha > 0 it is blended over the photo."""
+    image = _photo(image, features)
     heat = render.place(render.colorize(minmax(patch_norms(features)), cmap, 0.0, 1.0), features.geometry)
     return finished(render.overlay(image, heat, alpha) if image is not None and alpha > 0 else heat, features)
 
@@ -36,19 +52,19 @@ def pca_view(features, basis: PCABasis | None = None, *, components=(0, 1, 2), f
         picture = render.place(render.colorize(values[..., 0], cmap, 0.0, 1.0), features.geometry, smooth=smooth)
         return finished(picture, features)
     if len(components) != 3:
-        from .errors import InputError
-
         raise InputError("give one PCA component (a single map) or three (red, green, blue)")
     return finished(render.place(render.rgb(values), features.geometry, smooth=smooth), features)
 
 
-def similarity_view(features, query, image: Image.Image | None = None, *, query_features=None, cmap: str = "turbo",
+def similarity_view(features, query, image=FROM_FEATURES, *, query_features=None, cmap: str = "turbo",
                     alpha: float = 0.55, mark=True, query_image: Image.Image | None = None) -> Image.Image:
     """Similarity map over the photo (full [-1, 1] range on a fixed scale), query patch outlined in red.
 
-    For a cross-image query, the query image with its outlined patch is placed on the left.
-    A CLS query has no patch and gets no box.
+    `query` is a patch index, `Patch(row, col)`, `Pixel(x, y)` or `CLS`. For a cross-image query
+    (`query_features`), a `query_image` (e.g. ``query_features.image``) with its outlined patch is
+    placed on the left. A CLS query has no patch and gets no box.
     """
+    image = _photo(image, features)
     sims = similarity_map(features, query, query_features=query_features)
     heat = render.place(render.colorize(sims, cmap, -1.0, 1.0), features.geometry)
     picture = render.overlay(image, heat, alpha) if image is not None else heat
@@ -62,22 +78,26 @@ def similarity_view(features, query, image: Image.Image | None = None, *, query_
     return finished(render.side_by_side([marked, picture], gap=8), features, query_features)
 
 
-def matches_view(features_a, features_b, image_a: Image.Image, image_b: Image.Image, *, method: str = "hungarian",
+def matches_view(features_a, features_b, image_a=FROM_FEATURES, image_b=FROM_FEATURES, *, method: str = "hungarian",
                  top_k: int = 0, max_lines: int | None = 800, seed: int = 0, cmap: str = "viridis", matches=None):
     """(picture, matches): both photos side by side with lines between matched patch centres, coloured by score."""
+    image_a, image_b = _photo(image_a, features_a), _photo(image_b, features_b)
+    if image_a is None or image_b is None:
+        raise InputError("matches_view draws over both photos: pass image_a and image_b, or Features that carry them")
     matches = matches or match_patches(features_a, features_b, method)
     picture = render.draw_matches(image_a, image_b, matches, top_k=top_k, max_lines=max_lines, seed=seed, cmap=cmap,
                                   gap=8)
     return finished(picture, features_a, features_b), matches
 
 
-def attention_view(attention, image: Image.Image | None = None, *, heads: bool = True, cmap: str = "inferno",
+def attention_view(attention, image=FROM_FEATURES, *, heads: bool = True, cmap: str = "inferno",
                    alpha: float = 0.6, columns: int = 4) -> Image.Image:
     """The head-averaged attention map over the photo, then (with `heads`) one panel per head.
 
     Each panel is scaled to its own maximum, so a head that spends most of its attention on
     the registers still shows where the rest goes; the query patch is outlined in red.
     """
+    image = _photo(image, attention)
     g = attention.geometry
     maps = [("mean of heads", attention_map(attention))]
     if heads:
@@ -90,12 +110,11 @@ def attention_view(attention, image: Image.Image | None = None, *, heads: bool =
     return finished(render.tile(panels, min(columns, len(panels)) if len(panels) > 1 else 1, gap=4), attention)
 
 
-def layers_view(features_list, image: Image.Image | None = None, *, kind: str = "pca", cmap: str = "inferno",
+def layers_view(features_list, image=FROM_FEATURES, *, kind: str = "pca", cmap: str = "inferno",
                 columns: int = 0) -> Image.Image:
-    """One panel per layer side by side (PCA colours fitted per layer, or norm maps), each captioned."""
+    """The photo, then one panel per layer (PCA colours fitted per layer, or norm maps), each captioned."""
+    image = _photo(image, features_list[0] if features_list else None)
     if kind not in ("pca", "norms"):
-        from .errors import InputError
-
         raise InputError(f"unknown layer picture {kind!r}; use pca or norms")
     panels = [render.captioned(image.convert("RGB"), "image")] if image is not None else []
     for f in features_list:

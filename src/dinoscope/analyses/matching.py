@@ -8,7 +8,9 @@ import json
 import logging
 from dataclasses import dataclass
 
+import lap
 import numpy as np
+import torch
 
 from ..errors import InputError
 
@@ -68,8 +70,6 @@ class Matches:
 
 def cosine_matrix(a, b) -> np.ndarray:
     """(N_A, N_B) float32 cosine similarities between the patches of two Features."""
-    import torch
-
     fa = torch.nn.functional.normalize(a.flat.float(), dim=-1, eps=1e-8)
     fb = torch.nn.functional.normalize(b.flat.float(), dim=-1, eps=1e-8)
     return (fa @ fb.T).numpy()
@@ -102,8 +102,6 @@ def match_patches(a, b, method: str = "hungarian", *, max_assignment: int = DEFA
 
 
 def _assign(sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    import lap
-
     # lapjvr solves rectangular problems natively (no padding) and minimises, hence the negation
     rows, cols = lap.lapjvr(-sims, extend_cost=True, return_cost=False)
     order = np.argsort(rows, kind="stable")
@@ -112,8 +110,6 @@ def _assign(sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _mutual_nearest(a, b, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mutual nearest neighbours computed in row blocks, so memory stays O(chunk x N_B)."""
-    import torch
-
     fa = torch.nn.functional.normalize(a.flat.float(), dim=-1, eps=1e-8)
     fb = torch.nn.functional.normalize(b.flat.float(), dim=-1, eps=1e-8)
     best_b = torch.empty(fa.shape[0], dtype=torch.long)

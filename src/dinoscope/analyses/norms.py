@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    import torch
+import torch
 
 
-def patch_norms(features) -> "torch.Tensor":
+def patch_norms(features) -> torch.Tensor:
     """L2 norm of every patch token, (rows, cols)."""
     return features.patches.float().norm(dim=-1)
 
 
-def minmax(values) -> "torch.Tensor":
+def minmax(values) -> torch.Tensor:
     """Scale to [0, 1]; a constant map becomes all zeros rather than NaN."""
     lo, hi = values.min(), values.max()
     span = hi - lo

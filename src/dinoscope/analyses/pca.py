@@ -5,13 +5,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from ..errors import InputError
+from ..files import atomic_path
 from .threads import one_thread
 
-if TYPE_CHECKING:
-    import torch
 
 @dataclass
 class PCABasis:
@@ -22,13 +24,13 @@ class PCABasis:
     positive: the fit is deterministic and the colours do not flip between runs.
     """
 
-    mean: "torch.Tensor"  # (D,)
-    scale: "torch.Tensor"  # (D,) standard deviation per dimension
-    components: "torch.Tensor"  # (k, D), rows are unit vectors
-    low: "torch.Tensor"  # (k,) projection range over the fit data
-    high: "torch.Tensor"
-    variance: "torch.Tensor"  # (k,) explained variance of each component
-    foreground: "torch.Tensor | None" = None  # (D,) PC1 direction and threshold used for a foreground-only fit
+    mean: torch.Tensor  # (D,)
+    scale: torch.Tensor  # (D,) standard deviation per dimension
+    components: torch.Tensor  # (k, D), rows are unit vectors
+    low: torch.Tensor  # (k,) projection range over the fit data
+    high: torch.Tensor
+    variance: torch.Tensor  # (k,) explained variance of each component
+    foreground: torch.Tensor | None = None  # (D,) PC1 direction and threshold used for a foreground-only fit
     threshold: float = 0.0
 
     @classmethod
@@ -39,8 +41,6 @@ class PCABasis:
         (the side that holds fewer patches on the image border is foreground); the basis is
         then refitted on foreground patches only and `transform` draws background black.
         """
-        import torch
-
         data = _stack(samples)
         basis = cls._fit_tensor(data, n_components)
         if not foreground_only:
@@ -62,8 +62,6 @@ class PCABasis:
 
     @classmethod
     def _fit_tensor(cls, data, n_components: int) -> "PCABasis":
-        import torch
-
         n, d = data.shape
         if n_components < 1 or n_components > d:
             raise InputError(f"number of PCA components must be between 1 and {d}")
@@ -85,8 +83,6 @@ class PCABasis:
         """The basis of standardised data from its moments: mean (D,), scale (D,) and the (D, D) covariance
         of the standardised data, all float64. `low`/`high` are left empty (NaN) for the caller to fill:
         `PCABasis.fit` takes them from its data, a streaming fit from a second pass over the projections."""
-        import torch
-
         d = cov.shape[0]
         if n_components < 1 or n_components > d:
             raise InputError(f"number of PCA components must be between 1 and {d}")
@@ -106,12 +102,12 @@ class PCABasis:
     def n_components(self) -> int:
         return self.components.shape[0]
 
-    def project(self, data) -> "torch.Tensor":
+    def project(self, data) -> torch.Tensor:
         """Raw component scores of (N, D) tokens."""
         z = (data.double() - self.mean.double()) / self.scale.double()
         return (z @ self.components.double().T).float()
 
-    def foreground_mask(self, features) -> "torch.Tensor | None":
+    def foreground_mask(self, features) -> torch.Tensor | None:
         if self.foreground is None:
             return None
         d = self.mean.shape[0]
@@ -119,10 +115,8 @@ class PCABasis:
         z = (features.flat.double() - mean.double()) / scale.double()
         return (z @ direction.double() > 0).reshape(features.patches.shape[:2])
 
-    def transform(self, features, components=None) -> "torch.Tensor":
+    def transform(self, features, components=None) -> torch.Tensor:
         """(rows, cols, k) values in [0, 1]; `components` picks which ones (0-based), default all."""
-        import torch
-
         idx = list(range(self.n_components)) if components is None else list(components)
         for c in idx:
             if not 0 <= c < self.n_components:
@@ -137,10 +131,6 @@ class PCABasis:
         return out
 
     def save(self, path: str | os.PathLike) -> Path:
-        from safetensors.torch import save_file
-
-        from ..files import atomic_path
-
         tensors = {"mean": self.mean, "scale": self.scale, "components": self.components, "low": self.low,
                    "high": self.high, "variance": self.variance}
         if self.foreground is not None:
@@ -151,9 +141,6 @@ class PCABasis:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "PCABasis":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         try:
             t = load_file(os.fspath(path))
             return cls(t["mean"], t["scale"], t["components"], t["low"], t["high"], t["variance"], t.get("foreground"))
@@ -162,7 +149,7 @@ class PCABasis:
                              "save one with `dinoscope pca --save-pca-basis FILE`") from exc
 
 
-def pca_rgb(features, basis: PCABasis | None = None, *, foreground_only: bool = False) -> "torch.Tensor":
+def pca_rgb(features, basis: PCABasis | None = None, *, foreground_only: bool = False) -> torch.Tensor:
     """(rows, cols, 3) colours in [0, 1]: fit on this image unless a basis is given."""
     basis = basis or PCABasis.fit([features], 3, foreground_only=foreground_only)
     if basis.n_components < 3:
@@ -171,8 +158,6 @@ def pca_rgb(features, basis: PCABasis | None = None, *, foreground_only: bool = 
 
 
 def _stack(samples):
-    import torch
-
     if isinstance(samples, torch.Tensor):
         samples = [samples]
     parts = [s if isinstance(s, torch.Tensor) else s.flat for s in samples]
@@ -184,8 +169,6 @@ def _stack(samples):
 
 def _border_mask(samples):
     """True for patches on the outer ring of each image's grid (None for raw tensors)."""
-    import torch
-
     masks = []
     for s in samples if isinstance(samples, (list, tuple)) else [samples]:
         if isinstance(s, torch.Tensor):

@@ -2,50 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Union
+import torch
 
-from ..errors import InputError
+from ..geometry import CLS, Patch, Pixel, Query
 
-if TYPE_CHECKING:
-    import torch
-
-
-CLS = -1  # the query index that means the CLS token
-
-
-@dataclass(frozen=True)
-class Patch:
-    """A patch by grid position."""
-
-    row: int
-    col: int
-
-
-@dataclass(frozen=True)
-class Pixel:
-    """A point in original-image pixels; the patch covering it is the query."""
-
-    x: float
-    y: float
-
-
-Query = Union[int, Patch, Pixel]
+__all__ = ["CLS", "Patch", "Pixel", "Query", "query_index", "query_vector", "similarity_map"]
 
 
 def query_index(features, query: Query) -> int:
     """The row-major patch index a query names, or CLS (-1)."""
-    geometry = features.geometry
-    if isinstance(query, Pixel):
-        return geometry.patch_at(query.x, query.y)
-    if isinstance(query, Patch):
-        return geometry.index(query.row, query.col)
-    if isinstance(query, bool) or not isinstance(query, int):
-        raise InputError(f"cannot use {query!r} as a query; give a patch index, Patch(row, col) or Pixel(x, y)")
-    if query == CLS:
-        return CLS
-    geometry.cell(query)  # raises with the valid range when out of bounds
-    return query
+    return features.geometry.query_index(query)
 
 
 def query_vector(features, query: Query) -> "torch.Tensor":
@@ -58,8 +24,6 @@ def similarity_map(features, query: Query, *, query_features=None) -> "torch.Ten
 
     The query is read from `query_features` when given (cross-image similarity), else from `features`.
     """
-    import torch
-
     source = features if query_features is None else query_features
     q = query_vector(source, query).float()
     patches = features.flat.float()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import json
 import logging
@@ -12,7 +13,8 @@ from pathlib import Path
 
 from ..errors import ModelError
 from . import timm_config
-from .registry import IMAGENET_MEAN, IMAGENET_STD, SAT_MEAN, SAT_STD, lookup
+from .adapters import adapter_for
+from .registry import IMAGENET_MEAN, IMAGENET_STD, MODELS, SAT_MEAN, SAT_STD, lookup
 
 DEFAULT_MODEL = "facebook/dinov3-vitb16-pretrain-lvd1689m"
 DEMO_RANDOM_MODEL = "random:vitb16"
@@ -44,6 +46,12 @@ class Backbone:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     extra: dict = field(default_factory=dict)
+
+    @property
+    def adapter(self):
+        """The family's adapter (models.adapters): the one way extraction reads tokens and attention."""
+        return adapter_for(self.module, self.kind, source=self.source, num_registers=self.num_registers,
+                           patch_size=self.patch_size)
 
     @property
     def device(self):
@@ -201,6 +209,12 @@ def demo_backbone(*, device: str | None = "auto", dtype="float32") -> Backbone:
                     "sees. Connect to the Hugging Face hub once and run again for real features.",
                     DEFAULT_MODEL, lookup(DEFAULT_MODEL).open_id, exc.reason, DEMO_RANDOM_MODEL)
         return load_model(DEMO_RANDOM_MODEL, device=device, dtype=dtype)
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Short names of the released models (`load_model` and `Extractor` take them), optionally filtered by
+    a shell-style pattern such as "vit*16" or "*convnext*"."""
+    return [name for name in MODELS if fnmatch.fnmatchcase(name, pattern)]
 
 
 def vit_architecture(name: str) -> dict:

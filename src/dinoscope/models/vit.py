@@ -4,7 +4,7 @@ Importing transformers and building its model costs about 2 s per process, more 
 forward pass; the command line starts a new process for every run, so the common case (a DINOv3 ViT
 in safetensors with SDPA attention) is built here. Module and parameter names mirror transformers'
 DINOv3ViTModel (5.x layout), so the same state dict loads, and extraction, layers and attention
-code reach the same attributes. Equality with transformers is checked in tests/test_vit_lite.py.
+code (models/adapters.py) reaches the same attributes. Equality with transformers is checked in tests/test_vit_lite.py.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 CONFIG_DEFAULTS = dict(hidden_act="gelu", layer_norm_eps=1e-5, layerscale_value=1.0, query_bias=True, key_bias=False,
@@ -56,7 +57,8 @@ class Rope(nn.Module):
         return angles.cos().to(pixels.dtype), angles.sin().to(pixels.dtype)
 
 
-def _rotate(x, cos, sin):
+def rotate(x, cos, sin):
+    """Rotary embedding on the last dim: x * cos + rotate_half(x) * sin (halves swapped, first negated)."""
     half = x.shape[-1] // 2
     return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
 
@@ -77,8 +79,8 @@ class Attention(nn.Module):
                    for proj in (self.q_proj, self.k_proj, self.v_proj))
         cos, sin = position
         prefix = t - cos.shape[-2]  # CLS and registers are not rotated
-        q = torch.cat([q[:, :, :prefix], _rotate(q[:, :, prefix:], cos, sin)], dim=2)
-        k = torch.cat([k[:, :, :prefix], _rotate(k[:, :, prefix:], cos, sin)], dim=2)
+        q = torch.cat([q[:, :, :prefix], rotate(q[:, :, prefix:], cos, sin)], dim=2)
+        k = torch.cat([k[:, :, :prefix], rotate(k[:, :, prefix:], cos, sin)], dim=2)
         out = nn.functional.scaled_dot_product_attention(q, k, v)
         return self.o_proj(out.transpose(1, 2).reshape(n, t, d))
 
@@ -173,8 +175,6 @@ def read_config(folder: Path):
 def load_folder(folder: Path, config):
     """Build the model from a save_pretrained folder's safetensors, or None when the files do not fit
     (the caller then uses transformers). Accepts transformers 4.56 and 5.x key layouts."""
-    from safetensors.torch import load_file
-
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         return None

@@ -1,0 +1,132 @@
+"""What a forward pass gives: the token types (Features, Attention) and the features file format.
+
+A leaf module: it knows geometry and errors, nothing about models, caches or pictures, so
+every other layer can read these types without importing each other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .errors import InputError
+from .files import atomic_path
+from .geometry import Geometry
+
+
+@dataclass
+class Features:
+    """Tokens of one image from one layer: CLS (D,), registers (R, D), patches (rows, cols, D).
+
+    Tensors are float32 on the CPU whatever the model ran in, so analyses give the same
+    numbers everywhere; `dtype` records what the model computed in. `image` is the RGB
+    photo the tokens came from when known (the views draw over it); it is not saved.
+    """
+
+    cls: torch.Tensor
+    registers: torch.Tensor
+    patches: torch.Tensor
+    geometry: Geometry
+    model: str = ""
+    revision: str = ""
+    dtype: str = "float32"
+    layer: int = -1
+    normed: bool = True
+    extra: dict = field(default_factory=dict)
+    image: object = field(default=None, repr=False, compare=False)
+
+    def __repr__(self) -> str:
+        g = self.geometry
+        where = f", image {g.image_size[0]}x{g.image_size[1]}" if self.image is not None else ""
+        return (f"Features({self.model or 'model'!r}, layer {self.layer}{'' if self.normed else ' pre-norm'}, "
+                f"{g.rows}x{g.cols} patches of {g.patch_size} px, dim {self.dim}, {self.registers.shape[0]} registers"
+                f"{where})")
+
+    @property
+    def flat(self) -> torch.Tensor:
+        """Patch tokens as (N, D) in row-major order."""
+        return self.patches.reshape(-1, self.patches.shape[-1])
+
+    @property
+    def dim(self) -> int:
+        return self.patches.shape[-1]
+
+    def metadata(self) -> dict[str, str]:
+        return {
+            "geometry": self.geometry.to_json(),
+            "model": self.model,
+            "revision": self.revision,
+            "dtype": self.dtype,
+            "layer": str(self.layer),
+            "normed": str(self.normed).lower(),
+            "extra": json.dumps(self.extra),
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write a .safetensors file: keys cls, registers, patches; geometry and provenance in the metadata."""
+        tensors = {"cls": self.cls.contiguous(), "registers": self.registers.contiguous(),
+                   "patches": self.patches.contiguous()}
+        with atomic_path(path) as tmp:
+            save_file(tensors, os.fspath(tmp), metadata=self.metadata())
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Features":
+        try:
+            with safe_open(os.fspath(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in ("cls", "registers", "patches")}
+            geometry = Geometry.from_json(meta["geometry"])
+        except (OSError, KeyError, ValueError, RuntimeError, SafetensorError) as exc:
+            raise InputError(f"{path} is not a dinoscope features file ({exc}); write one with `dinoscope extract`") from exc
+        return cls(tensors["cls"], tensors["registers"], tensors["patches"], geometry,
+                   model=meta.get("model", ""), revision=meta.get("revision", ""), dtype=meta.get("dtype", "float32"),
+                   layer=int(meta.get("layer", -1)), normed=meta.get("normed", "true") == "true",
+                   extra=json.loads(meta.get("extra", "{}")))
+
+
+@dataclass
+class Attention:
+    """One query's attention weights in one block, split by what is attended to.
+
+    Per head, the weights to the CLS token, the registers and the patches sum to 1.
+    """
+
+    cls: torch.Tensor  # (H,)
+    registers: torch.Tensor  # (H, R)
+    patches: torch.Tensor  # (H, rows, cols)
+    geometry: object
+    query: int = -1  # -1: the CLS token; else a row-major patch index
+    layer: int = -1
+    model: str = ""
+    extra: dict = field(default_factory=dict)
+    image: object = field(default=None, repr=False, compare=False)
+
+    def __repr__(self) -> str:
+        who = "CLS" if self.query < 0 else f"patch {self.query}"
+        return f"Attention({self.model or 'model'!r}, layer {self.layer}, query {who}, {self.heads} heads)"
+
+    @property
+    def heads(self) -> int:
+        return self.patches.shape[0]
+
+    def shares(self) -> dict[str, float]:
+        """Mean over heads of the attention that goes to the CLS token, the registers and the patches."""
+        return {"cls": float(self.cls.mean()), "registers": float(self.registers.sum(-1).mean()),
+                "patches": float(self.patches.sum((-2, -1)).mean())}
+
+
+def split_row(weights, num_registers: int, geometry, *, query: int = -1, layer: int = -1, model: str = "") -> Attention:
+    """(H, 1 + R + N) weights over [CLS, registers, patches] -> an Attention."""
+    h = weights.shape[0]
+    r = num_registers
+    if weights.shape[1] != 1 + r + geometry.num_patches:
+        raise ValueError(f"{weights.shape[1]} attention weights for 1 + {r} + {geometry.num_patches} tokens")
+    return Attention(weights[:, 0], weights[:, 1:1 + r], weights[:, 1 + r:].reshape(h, geometry.rows, geometry.cols),
+                     geometry, query, layer, model)
