@@ -228,3 +228,75 @@ def test_cli_uses_the_cache_dir_and_no_cache_writes_nothing(tiny_model_dir, tmp_
     assert r.returncode == 0 and len(list((tmp_path / "env").rglob("*.safetensors"))) == 1
     r = _run(base, DINOSCOPE_CACHE="off", XDG_CACHE_HOME=str(tmp_path / "xdg"))
     assert r.returncode == 0 and not (tmp_path / "xdg").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# the memory and layered caches (same protocol as the disk cache)
+
+
+def test_memory_cache_is_a_bounded_lru_of_copies():
+    from dinoscope.cache import MemoryCache
+
+    cache = MemoryCache(max_entries=2)
+    a, b, c = _features(seed=1), _features(seed=2), _features(seed=3)
+    a.image = object()
+    assert cache.get(_key(layer=1)) is None and cache.misses == 1
+    cache.put(_key(layer=1), a)
+    cache.put(_key(layer=2), b)
+    hit = cache.get(_key(layer=1))  # now the most recently used: b is evicted next
+    assert hit is not a and hit.image is None and torch.equal(hit.patches, a.patches)
+    hit.image, hit.extra["note"] = "mine", 1  # a caller's changes stay with the caller
+    assert cache.get(_key(layer=1)).image is None and "note" not in cache.get(_key(layer=1)).extra
+    cache.put(_key(layer=3), c)
+    assert len(cache) == 2 and cache.get(_key(layer=2)) is None
+    assert torch.equal(cache.get(_key(layer=3)).cls, c.cls) and cache.get(_key(layer=1)) is not None
+    assert cache.hits == 5
+    nothing = MemoryCache(max_entries=0)
+    nothing.put(_key(), a)
+    assert nothing.get(_key()) is None
+
+
+def test_layered_cache_reads_front_first_fills_it_from_the_back_and_writes_both(tmp_path):
+    from dinoscope.cache import LayeredCache, MemoryCache
+
+    front, back = MemoryCache(), FeatureCache(tmp_path / "disk")
+    layered = LayeredCache(front, back)
+    f = _features(seed=4)
+    back.put(_key(layer=7), f)  # e.g. written by an earlier process
+    assert front.get(_key(layer=7)) is None
+    hit = layered.get(_key(layer=7))
+    assert torch.equal(hit.patches, f.patches) and back.hits == 1
+    again = layered.get(_key(layer=7))  # now served by the front
+    assert torch.equal(again.patches, f.patches) and back.hits == 1 and front.hits == 1
+    assert layered.hits == 2
+    g = _features(seed=5)
+    layered.put(_key(layer=8), g)
+    assert torch.equal(front.get(_key(layer=8)).cls, g.cls) and torch.equal(back.get(_key(layer=8)).cls, g.cls)
+    assert layered.get(_key(layer=9)) is None
+    alone = LayeredCache(MemoryCache())  # no back cache: the front alone
+    alone.put(_key(), g)
+    assert torch.equal(alone.get(_key()).cls, g.cls)
+
+
+def test_extractor_with_a_memory_cache_runs_the_model_once_and_attaches_the_image(tiny_model_dir):
+    from dinoscope.cache import LayeredCache, MemoryCache
+
+    memory = MemoryCache()
+    ex = Extractor(str(tiny_model_dir), device="cpu", resolution="short:64", cache=LayeredCache(memory, None))
+    first = ex.features("sample:chelsea")
+    second = ex.features("sample:chelsea")
+    assert ex.forward_passes == 1 and memory.hits == 1
+    assert torch.equal(first.patches, second.patches)
+    assert second.image is not None and second.image.size == (451, 300) and first.image.size == (451, 300)
+
+
+def test_scratch_layer_is_private_and_removed(tmp_path):
+    from dinoscope.cache import MemoryCache, scratch_layer
+
+    back = MemoryCache()
+    with scratch_layer(tmp_path / "run", back) as layered:
+        layered.put(_key(), _features())
+        assert back.get(_key()) is not None
+        scratch = layered.front.folder
+        assert scratch.is_dir() and any(scratch.rglob("*.safetensors"))
+    assert not scratch.exists()

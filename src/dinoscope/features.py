@@ -14,10 +14,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import models
 from .cache import CacheKey
 from .geometry import Geometry, Resolution
 from .images import image_digest, load_image
-from .models import DEFAULT_MODEL, Backbone, load_model
+from .models import DEFAULT_MODEL, Backbone
 from .models.loading import identify, resolve_dtype
 from .tokens import Attention, Features, split_row
 
@@ -46,7 +47,7 @@ def preprocess(image, geometry: Geometry, mean, std) -> torch.Tensor:
 
 
 def _as_backbone(model, device="auto", dtype="float32") -> Backbone:
-    return model if isinstance(model, Backbone) else load_model(model, device=device, dtype=dtype)
+    return model if isinstance(model, Backbone) else models.load_model(model, device=device, dtype=dtype)
 
 
 def extract(backbone_or_image, image=None, *, model=None, resolution: Resolution | str | None = None,
@@ -185,7 +186,8 @@ class Extractor:
     @property
     def backbone(self):
         if self._backbone is None:
-            self._backbone = load_model(self.model_source, device=self.device, dtype=self.dtype)
+            # through the package, so a caller (or test) that replaces models.load_model is heard
+            self._backbone = models.load_model(self.model_source, device=self.device, dtype=self.dtype)
         return self._backbone
 
     def load(self, source):
