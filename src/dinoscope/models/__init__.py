@@ -1,7 +1,33 @@
-"""Finding, loading and running DINOv3 backbones."""
+"""Finding, loading and running DINOv3 backbones.
 
-from .loading import DEFAULT_MODEL, Backbone, available_memory, list_models, load_model, resolve_device
-from .registry import MODELS, ModelSpec, lookup
+Exported lazily (like the package root), so reading the registry (`dinoscope models`) does not
+import torch; the same names are imported plainly for editors and type checkers.
+"""
 
-__all__ = ["DEFAULT_MODEL", "MODELS", "Backbone", "ModelSpec", "available_memory", "list_models", "load_model",
-           "lookup", "resolve_device"]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .loading import DEFAULT_MODEL, Backbone, available_memory, list_models, load_model, resolve_device
+    from .registry import MODELS, ModelSpec, lookup
+
+_EXPORTS = {"DEFAULT_MODEL": "loading", "Backbone": "loading", "available_memory": "loading",
+            "list_models": "loading", "load_model": "loading", "resolve_device": "loading",
+            "MODELS": "registry", "ModelSpec": "registry", "lookup": "registry"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__
