@@ -5,8 +5,11 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import signal
+import threading
 from pathlib import Path, PurePath
 from typing import Iterator
+from urllib.parse import unquote, urlparse
 
 from .errors import InputError
 
@@ -44,8 +47,6 @@ def safe_name(text: str, default: str = "image") -> str:
 
 def output_stem(source: str, default: str = "image") -> str:
     """The name the outputs of `source` (a path, an http(s) URL or sample:NAME) are called by."""
-    from urllib.parse import unquote, urlparse
-
     if source.lower().startswith("sample:"):
         return safe_name(source[len("sample:"):], default)
     path = unquote(urlparse(source).path) if "://" in source else source
@@ -72,9 +73,6 @@ def write_text(text: str, path: str | os.PathLike) -> Path:
 def sigterm_as_interrupt() -> Iterator[None]:
     """Turn SIGTERM into KeyboardInterrupt while the block runs, so that a terminated run unwinds
     like Ctrl-C and `atomic_path` removes its temporary files instead of leaving them behind."""
-    import signal
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         yield
         return

@@ -7,6 +7,7 @@ image stays background.
 
 from __future__ import annotations
 
+import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -24,8 +25,6 @@ def as_numpy(values) -> np.ndarray:
 
 def colorize(values, cmap: str = "viridis", vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
     """(H, W) values -> (H, W, 3) uint8 through a Matplotlib colormap; the range defaults to the data's."""
-    import matplotlib
-
     try:
         lut = matplotlib.colormaps[cmap]
     except KeyError:
