@@ -10,10 +10,10 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .loading import DEFAULT_MODEL, Backbone, available_memory, list_models, load_model, resolve_device
-    from .registry import MODELS, ModelSpec, lookup
+    from .loading import Backbone, available_memory, list_models, load_model, resolve_device
+    from .registry import DEFAULT_MODEL, MODELS, ModelSpec, lookup
 
-_EXPORTS = {"DEFAULT_MODEL": "loading", "Backbone": "loading", "available_memory": "loading",
+_EXPORTS = {"DEFAULT_MODEL": "registry", "Backbone": "loading", "available_memory": "loading",
             "list_models": "loading", "load_model": "loading", "resolve_device": "loading",
             "MODELS": "registry", "ModelSpec": "registry", "lookup": "registry"}
 

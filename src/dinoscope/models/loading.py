@@ -14,9 +14,8 @@ from pathlib import Path
 from ..errors import ModelError
 from . import timm_config
 from .adapters import adapter_for
-from .registry import IMAGENET_MEAN, IMAGENET_STD, MODELS, SAT_MEAN, SAT_STD, lookup
+from .registry import DEFAULT_MODEL, IMAGENET_MEAN, IMAGENET_STD, MODELS, SAT_MEAN, SAT_STD, lookup
 
-DEFAULT_MODEL = "facebook/dinov3-vitb16-pretrain-lvd1689m"
 DEMO_RANDOM_MODEL = "random:vitb16"
 HUB_PREFIX = "hf-hub:"
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16"}

@@ -12,6 +12,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SAT_MEAN = (0.430, 0.411, 0.296)
 SAT_STD = (0.213, 0.156, 0.143)
+DEFAULT_MODEL = "facebook/dinov3-vitb16-pretrain-lvd1689m"  # plain data here, so the CLI reads it without torch
 
 HEADROOM = 1.2  # weights plus buffers and activations of a modest image
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
