@@ -36,7 +36,8 @@ def test_every_export_resolves_and_editors_see_the_same_names():
 
 
 def test_import_stays_light():
-    code = "import sys, dinoscope, dinoscope.models.registry; print('torch' in sys.modules)"
+    code = ("import sys, dinoscope, dinoscope.models.registry; from dinoscope.models import DEFAULT_MODEL; "
+            "print('torch' in sys.modules)")
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.stdout.strip() == "False", out.stderr
