@@ -84,7 +84,7 @@ def _pca_child(mode: str, n_images: int, patches: int, dim: int) -> None:
     import torch
 
     from dinoscope.analyses import PCABasis
-    from dinoscope.streaming import fit_streaming
+    from dinoscope.analyses.streaming import fit_streaming
 
     def image(i):
         g = torch.Generator().manual_seed(i)

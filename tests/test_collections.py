@@ -15,7 +15,7 @@ from dinoscope.cli import main
 from dinoscope.collections import Item, Job, expand_inputs, is_collection, read_manifest, run_collection
 from dinoscope.features import Extractor, Features
 from dinoscope.analyses import PCABasis
-from dinoscope.streaming import Moments, Range, fit_streaming
+from dinoscope.analyses.streaming import Moments, Range, StreamingPCA, fit_streaming
 
 SIZES = [(64, 48), (80, 64), (50, 40), (96, 32), (33, 47), (64, 64)]
 
@@ -199,13 +199,50 @@ def _assert_same_basis(a: PCABasis, b: PCABasis, tol=1e-4):
         torch.testing.assert_close(getattr(a, field), getattr(b, field), rtol=tol, atol=tol, msg=field)
 
 
-def test_streaming_fit_equals_fit_on_all_patches_and_ignores_order():
+def _fits_by(user: str, collection: Path, model, tmp_path: Path):
+    """(the basis `user` streams, PCABasis.fit on the same patches at once, `user`'s basis with the data in
+    another order, or None where the order is fixed)."""
+    if user == "library":
+        chunks = _chunks()
+        reordered = list(reversed(chunks))[2:] + list(reversed(chunks))[:2]
+        return fit_streaming(lambda: chunks, 5), PCABasis.fit(torch.cat(chunks), 5), fit_streaming(lambda: reordered, 5)
+    if user == "video":
+        pytest.importorskip("av")
+        from test_collections_video import make_clip
+
+        from dinoscope.video import iter_frames, run_video
+
+        make_clip(tmp_path / "walk.mp4")
+        run_video(tmp_path / "walk.mp4", Extractor(model), tmp_path / "video")
+        feats = Extractor(model).features_of(list(iter_frames(tmp_path / "walk.mp4")))
+        return PCABasis.load(tmp_path / "video" / "walk_pca_basis.safetensors"), PCABasis.fit(feats, 3), None
+    items = [it for it in expand_inputs([str(collection)]) if it.name.startswith("img")]
+    feats = [f for _, f in Extractor(model).extract_many([it.source for it in items])]
+    shuffled = items[5:] + items[:5]
+    if user == "collection":
+        run = run_collection
+    else:
+        pytest.importorskip("ray")
+        from dinoscope.ray_engine import run_on_ray as run
+    for chosen, folder in ((items, "out"), (shuffled, "shuffled")):
+        summary = run(chosen, Extractor(model), Job("pca"), tmp_path / folder)
+        assert summary.failed == 0 and summary.basis_path == str(tmp_path / folder / "pca_basis.safetensors")
+    return (PCABasis.load(tmp_path / "out" / "pca_basis.safetensors"), PCABasis.fit(feats, 3),
+            PCABasis.load(tmp_path / "shuffled" / "pca_basis.safetensors"))
+
+
+@pytest.mark.parametrize("user", ["library", "collection", "video", "ray"])
+def test_every_streamed_fit_equals_the_fit_on_all_patches_and_ignores_order(user, collection, tiny_model_dir,
+                                                                             tmp_path):
+    streamed, whole, reordered = _fits_by(user, collection, tiny_model_dir, tmp_path)
+    _assert_same_basis(streamed, whole)
+    if reordered is not None:
+        _assert_same_basis(reordered, streamed, tol=1e-5)
+
+
+def test_partial_accumulators_merge_in_any_grouping():
     chunks = _chunks()
     whole = PCABasis.fit(torch.cat(chunks), 5)
-    streamed = fit_streaming(lambda: chunks, 5)
-    _assert_same_basis(streamed, whole)
-    reordered = fit_streaming(lambda: list(reversed(chunks))[2:] + list(reversed(chunks))[:2], 5)
-    _assert_same_basis(reordered, streamed, tol=1e-5)
     # merging partial accumulators (as cluster workers do) in any grouping gives the same moments
     left, right = Moments(), Moments()
     for c in chunks[:3]:
@@ -221,20 +258,27 @@ def test_streaming_fit_equals_fit_on_all_patches_and_ignores_order():
     torch.testing.assert_close(merged.m2, one.m2, rtol=1e-9, atol=1e-6)
     span = Range().merge(Range.from_state(Range().update(whole, chunks[0]).state()))
     assert torch.all(span.low >= whole.low.double() - 1e-3) and torch.all(span.high <= whole.high.double() + 1e-3)
+    # the same through StreamingPCA's states, both passes, merged in reverse order
+    total = StreamingPCA(5)
+    for c in chunks:
+        total.observe(c)
+    parts = [StreamingPCA(5).observe(c).state() for c in chunks]
+    grouped = StreamingPCA(5)
+    for state in reversed(parts):
+        grouped.merge(state)
+    torch.testing.assert_close(grouped.moments.m2, total.moments.m2, rtol=1e-9, atol=1e-6)
+    grouped.fix_directions()
+    for state in [grouped.spawn().observe(c).state() for c in chunks][::-1]:
+        grouped.merge(state)
+    _assert_same_basis(grouped.finish(), whole)
 
 
-def test_streaming_fit_on_features_equals_fit_and_pictures_share_it(collection, tiny_model_dir, tmp_path):
+def test_collection_pictures_share_the_streamed_basis(collection, tiny_model_dir, tmp_path):
     items = [it for it in expand_inputs([str(collection)]) if it.name.startswith("img")]
-    ex = Extractor(tiny_model_dir)
-    feats = [f for _, f in ex.extract_many([it.source for it in items])]
+    feats = [f for _, f in Extractor(tiny_model_dir).extract_many([it.source for it in items])]
     out = tmp_path / "out"
-    summary = run_collection(items, ex, Job("pca"), out)
-    assert summary.failed == 0 and summary.basis_path == str(out / "pca_basis.safetensors")
+    run_collection(items, Extractor(tiny_model_dir), Job("pca"), out)
     saved = PCABasis.load(out / "pca_basis.safetensors")
-    _assert_same_basis(saved, PCABasis.fit(feats, 3))
-    shuffled = items[5:] + items[:5]
-    run_collection(shuffled, Extractor(tiny_model_dir), Job("pca"), tmp_path / "shuffled")
-    _assert_same_basis(PCABasis.load(tmp_path / "shuffled" / "pca_basis.safetensors"), saved, tol=1e-5)
     # every picture is drawn with the one collection basis, not a per-image fit
     from dinoscope.views import pca_view
 

@@ -1,17 +1,21 @@
 """The Ray engine: the same collection job on Ray Data, on one machine or a cluster.
 
-``--engine ray`` makes the inputs a Ray dataset and runs `map_batches` with a pool of actors,
-each loading the model once (one GPU per actor when the cluster has GPUs, else one CPU per
-actor). Actors run the very code of the local engine (`stream_features`, `Job.write`), so the
-pictures are the same; they write their outputs themselves (the output folder must be
-shared by the workers: a local disk for a local cluster, a network filesystem for a real
-one) and hand back one small record per input, from which the driver writes the same
-``manifest.jsonl``. `extract` writes features as Parquet shards, one per batch
-(``OUT/features/part-*.parquet``; read them back with :func:`load_feature_shard`).
+``--engine ray`` is the `RayEngine` of the one collection runner (:func:`dinoscope.collections.run_collection`):
+the runner keeps the manifest, resume, basis and summary; the engine starts one pool of actors for
+the whole run, each loading the model once (one GPU per actor when the cluster has GPUs, else one
+CPU per actor), and hands them batches of inputs for every pass (the two PCA passes and the
+writing pass). Actors run the very code of the local engine (`collections.process`), so the
+pictures are the same; they write their outputs themselves (the output folder must be shared by
+the workers: a local disk for a local cluster, a network filesystem for a real one) and hand back
+one small record per input, from which the driver appends the same ``manifest.jsonl``.
 
-The collection PCA basis is a distributed covariance reduction: each batch returns its
-`Moments` (count, mean, centred scatter, float64) and the driver merges them as they stream
-in; a second map gives the projection range the same way.
+`extract` writes features as Parquet shards, one per batch (``OUT/features/part-*.parquet``) with
+typed columns that pandas, Polars, DuckDB, pyarrow and Ray Data read as they are (schema in
+docs/collections.md; :func:`load_feature_shard` gives Features back).
+
+The collection PCA basis is a distributed reduction: each batch fills a fresh `StreamingPCA`
+and returns its state (count, mean, centred scatter, float64), which the driver merges as they
+stream in; the second pass gives the projection range the same way.
 
 ``RAY_ADDRESS`` points at a running cluster (dinoscope is shipped to it with the job's
 runtime environment); without it a local cluster is started for the run (as many CPUs as
@@ -26,27 +30,24 @@ import hashlib
 import json
 import logging
 import os
-import pickle
 import shutil
 import tempfile
-import time
-import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
-from .collections import (
-    BasisMismatch,
-    Item,
-    Job,
-    Summary,
-    _ManifestWriter,
-    complete,
-    failed_record,
-    read_manifest,
-    resumed_basis,
-    stream_features,
-)
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from .analyses.streaming import StreamingPCA
+from .cache import FeatureCache, LayeredCache
+from .collections import Item, Summary, process, run_collection
 from .errors import DinoscopeError, InputError, ModelError
+from .features import Extractor, Features
+from .files import SCRATCH_PREFIX, atomic_path
+from .geometry import Geometry
+from .jobs import ExtractJob, Job
 
 INSTALL = 'pip install "dinoscope[ray]"'
 SHARDS = "features"
@@ -120,73 +121,45 @@ def _first_line(exc: BaseException) -> str:
 
 
 class _Worker:
-    """One actor: loads the model once, then runs one phase of the job on each batch of inputs."""
+    """One actor for the whole run: loads the model once, then runs `process` on each batch it is given."""
 
-    def __init__(self, settings: dict, cache: tuple | None, job: Job, out: str, phase: str, threads: int):
-        import torch
-
-        from .cache import FeatureCache
-        from .features import Extractor
-
+    def __init__(self, settings: dict, caches: tuple, out: str, threads: int):
         if threads:
             torch.set_num_threads(threads)  # this worker process's own pool: one per CPU Ray gave the actor
-        self.extractor = Extractor(**settings, cache=FeatureCache(cache[0], max_bytes=cache[1]) if cache else None)
+        user, max_bytes, scratch = caches
+        cache = FeatureCache(user, max_bytes=max_bytes) if user else None
+        if scratch:
+            cache = LayeredCache(FeatureCache(scratch, max_bytes=1 << 62), cache)
+        self.extractor = Extractor(**settings, cache=cache)
         self.extractor.backbone  # load the model now, once per actor
-        self.job, self.out, self.phase = job, Path(out), phase
+        self.out = Path(out)
 
-    def __call__(self, batch: dict) -> dict:
-        import numpy as np
-
-        from .streaming import Moments, Range
-
-        items = [Item(str(s), str(n)) for s, n in zip(batch["source"], batch["name"])]
-        records: dict[str, dict] = {}
-        state: object = None
-
-        def on_error(item: Item, message: str) -> None:
-            records[item.name] = failed_record(item, message)
-
-        if self.phase == "fit":
-            moments = Moments()
-            for item, _, feats in stream_features(self.extractor, items, on_error):
-                moments.update(feats.flat)
-                records[item.name] = {"name": item.name, "status": "ok"}
-            state = moments.state()
-        elif self.phase == "range":
-            span = Range()
-            for item, _, feats in stream_features(self.extractor, items, on_error):
-                span.update(self.job.basis, feats.flat)
-                records[item.name] = {"name": item.name, "status": "ok"}
-            state = span.state()
-        elif self.job.kind == "extract":
-            done = list(stream_features(self.extractor, items, on_error))
-            if done:
-                shard = _shard_name([it.name for it, _, _ in done])
-                _write_shard(self.out / shard, done)
-                for row, (item, image, feats) in enumerate(done):
-                    records[item.name] = _ok(item, [shard], feats, image, row=row)
-        else:
-            for item, image, feats in stream_features(self.extractor, items, on_error):
-                try:
-                    records[item.name] = _ok(item, self.job.write(self.out, item.name, image, feats), feats, image)
-                except BasisMismatch:
-                    raise  # every input would fail: the driver stops the run with this one line
-                except DinoscopeError as exc:
-                    on_error(item, str(exc))
-        rows = [records.get(it.name) or failed_record(it, "no result from the worker") for it in items]
-        blob = [pickle.dumps(state) if i == 0 and state is not None else b"" for i in range(len(rows))]
-        return {"name": np.array([it.name for it in items], dtype=object),
-                "record": np.array([json.dumps(r) for r in rows], dtype=object),
-                "state": np.array(blob, dtype=object)}
+    def run(self, job: Job, sources: list, names: list, accumulator: StreamingPCA | None, made: dict | None):
+        """(records, accumulator state or None) for one batch."""
+        items = [Item(s, n) for s, n in zip(sources, names)]
+        acc = accumulator.spawn() if accumulator is not None else None
+        records = list(process(self.extractor, job, self.out, items, accumulator=acc, made=made))
+        return records, None if acc is None else acc.state()
 
 
-def _ok(item: Item, outputs: list[str], features, image, row: int | None = None) -> dict:
-    from .collections import ok_record
+# --------------------------------------------------------------------------- feature shards
 
-    record = ok_record(item, outputs, features, image)
-    if row is not None:
-        record["row"] = row
-    return record
+
+class ShardJob(ExtractJob):
+    """`extract` on Ray: one Parquet shard per batch instead of one file per image."""
+
+    batched = True
+
+    def outputs(self, name: str) -> None:
+        return None  # the shard's name is known once its batch is written
+
+    def write_batch(self, out: Path, done) -> list[list[str]]:
+        if not done:
+            return []
+        shard = _shard_name([item.name for item, _, _ in done])
+        with atomic_path(out / shard) as tmp:
+            pq.write_table(shard_table(done), tmp)
+        return [[shard]] * len(done)
 
 
 def _shard_name(names: Sequence[str]) -> str:
@@ -194,46 +167,40 @@ def _shard_name(names: Sequence[str]) -> str:
     return f"{SHARDS}/part-{digest}.parquet"
 
 
-def _write_shard(path: Path, done) -> None:
-    """One Parquet file per batch: a row per image with its tokens as float32 bytes and its geometry."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+def _floats(tensors) -> pa.Array:
+    """A list<float32> column: each row one tensor flattened in row-major (C) order."""
+    flat = [t.detach().float().contiguous().reshape(-1).numpy() for t in tensors]
+    offsets = np.zeros(len(flat) + 1, dtype=np.int32)
+    np.cumsum([len(f) for f in flat], out=offsets[1:])
+    values = np.concatenate(flat) if flat else np.zeros(0, np.float32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.float32()))
 
-    from .files import atomic_path
 
-    columns: dict[str, list] = {k: [] for k in ("name", "source", "rows", "cols", "dim", "registers", "cls",
-                                                "register_tokens", "patches", "metadata")}
-    for item, _, f in done:
-        columns["name"].append(item.name)
-        columns["source"].append(item.source)
-        columns["rows"].append(f.patches.shape[0])
-        columns["cols"].append(f.patches.shape[1])
-        columns["dim"].append(f.dim)
-        columns["registers"].append(f.registers.shape[0])
-        columns["cls"].append(f.cls.float().contiguous().numpy().tobytes())
-        columns["register_tokens"].append(f.registers.float().contiguous().numpy().tobytes())
-        columns["patches"].append(f.patches.float().contiguous().numpy().tobytes())
-        columns["metadata"].append(json.dumps(f.metadata()))
-    table = pa.table(columns)
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+SHARD_SCHEMA = pa.schema([("name", pa.string()), ("source", pa.string()), ("rows", pa.int32()), ("cols", pa.int32()),
+                          ("dim", pa.int32()), ("registers", pa.int32()), ("cls", pa.list_(pa.float32())),
+                          ("register_tokens", pa.list_(pa.float32())), ("patches", pa.list_(pa.float32())),
+                          ("metadata", pa.string())])
+
+
+def shard_table(done) -> pa.Table:
+    """One row per image: its tokens as float32 lists (patches flattened rows x cols x dim) and their shapes."""
+    feats = [f for _, _, f in done]
+    ints = lambda values: pa.array(values, type=pa.int32())  # noqa: E731
+    return pa.Table.from_arrays([
+        pa.array([item.name for item, _, _ in done]), pa.array([item.source for item, _, _ in done]),
+        ints([f.patches.shape[0] for f in feats]), ints([f.patches.shape[1] for f in feats]),
+        ints([f.dim for f in feats]), ints([f.registers.shape[0] for f in feats]),
+        _floats([f.cls for f in feats]), _floats([f.registers for f in feats]), _floats([f.patches for f in feats]),
+        pa.array([json.dumps(f.metadata()) for f in feats])], schema=SHARD_SCHEMA)
 
 
 def load_feature_shard(path) -> dict:
     """{input name: Features} from one Parquet shard written by the Ray engine."""
-    import numpy as np
-    import pyarrow.parquet as pq
-    import torch
-
-    from .features import Features
-    from .geometry import Geometry
-
-    table = pq.read_table(os.fspath(path)).to_pylist()
     found = {}
-    for r in table:
+    for r in pq.read_table(os.fspath(path)).to_pylist():
         d = r["dim"]
         meta = json.loads(r["metadata"])
-        tensor = lambda b, shape: torch.from_numpy(np.frombuffer(b, dtype=np.float32).copy().reshape(shape))  # noqa: E731
+        tensor = lambda values, shape: torch.tensor(values, dtype=torch.float32).reshape(shape)  # noqa: E731
         found[r["name"]] = Features(
             tensor(r["cls"], (d,)), tensor(r["register_tokens"], (r["registers"], d)),
             tensor(r["patches"], (r["rows"], r["cols"], d)), Geometry.from_json(meta["geometry"]),
@@ -241,6 +208,9 @@ def load_feature_shard(path) -> dict:
             layer=int(meta.get("layer", -1)), normed=meta.get("normed", "true") == "true",
             extra=json.loads(meta.get("extra", "{}")))
     return found
+
+
+# --------------------------------------------------------------------------- the engine
 
 
 def _settings(extractor) -> dict:
@@ -272,103 +242,71 @@ def _reraise(exc: BaseException):
                      "details") from exc
 
 
+class RayEngine:
+    """The collection runner's engine on Ray: one actor pool for the run, batches for every pass."""
+
+    name = "ray"
+
+    def __init__(self, num_cpus: int | None = None):
+        self.num_cpus = num_cpus
+        self.forward_passes = 0
+        self._pool = self._ray = None
+        self.batch_size = 1
+
+    def adapt(self, job: Job) -> Job:
+        """`extract` writes Parquet shards on Ray."""
+        return ShardJob(options=job.options) if type(job) is ExtractJob else job
+
+    @contextlib.contextmanager
+    def session(self, extractor, out: Path, job: Job, scratch: bool):
+        settings = _settings(extractor)
+        folder = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=out) if scratch else None
+        user = extractor.cache if isinstance(extractor.cache, FeatureCache) else None
+        caches = (os.fspath(user.folder.resolve()), user.max_bytes, folder) if user else (None, 0, folder)
+        try:
+            with ray_session(self.num_cpus) as ray:
+                self._ray, self.batch_size = ray, extractor.batch_size
+                self._start(ray, settings, caches, out)
+                yield self
+        finally:
+            self._pool = None
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def _start(self, ray, settings: dict, caches: tuple, out: Path) -> None:
+        resources = ray.cluster_resources()
+        gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
+        size, per_actor, threads = (gpus, {"num_gpus": 1}, 0) if gpus else (cpus, {"num_cpus": 1}, 1)
+        actor = ray.remote(max_restarts=0, **per_actor)(_Worker)  # a dying worker fails the run
+        self._pool = [actor.remote(settings, caches, os.fspath(out), threads) for _ in range(size)]
+
+    def map(self, items: Sequence[Item], job: Job, accumulator: StreamingPCA | None = None,
+            made: dict | None = None) -> Iterator[dict]:
+        """Records as batches complete (any order); accumulator states are merged into `accumulator`."""
+        from ray.util import ActorPool
+
+        if not items:
+            return
+        batch = max(1, min(self.batch_size, -(-len(items) // len(self._pool))))
+        batches = [items[i:i + batch] for i in range(0, len(items), batch)]
+        job_ref = self._ray.put(job)
+        pool = ActorPool(self._pool[:len(batches)])
+        work = lambda actor, chunk: actor.run.remote(  # noqa: E731
+            job_ref, [it.source for it in chunk], [it.name for it in chunk], accumulator, made)
+        try:
+            for records, state in pool.map_unordered(work, batches):
+                if state is not None:
+                    accumulator.merge(state)
+                yield from records
+        except DinoscopeError:
+            raise
+        except Exception as exc:  # Ray's own wrappers of worker failures
+            _reraise(exc)
+
+
 def run_on_ray(items: Sequence[Item], extractor, job: Job, out, *, resume: bool = False, basis_path=None,
                progress=None, num_cpus: int | None = None) -> Summary:
-    """`run_collection` on Ray Data: same outputs, same manifest; see the module docstring."""
-    from .streaming import Moments, Range
-
+    """`run_collection` on the Ray engine: same outputs, same manifest; see the module docstring."""
     require_ray()
-    out = Path(out).resolve()
-    started = time.perf_counter()
-    settings = _settings(extractor)
-    if job.kind == "extract":
-        job.options = {**job.options, "format": "parquet"}
-    previous = read_manifest(out) if resume else {}
-    manifest = _ManifestWriter(out, items, previous)
-    manifest.flush()
-    summary = Summary(total=len(items), manifest=os.fspath(out / "manifest.jsonl"))
-    todo = [it for it in items if not (resume and complete(out, it, job, previous.get(it.name)))]
-    summary.skipped = len(items) - len(todo)
-    scratch = None
-    if extractor.cache is not None:
-        cache = (os.fspath(Path(extractor.cache.folder).resolve()), extractor.cache.max_bytes)
-    elif job.needs_basis and job.basis is None:
-        scratch = tempfile.TemporaryDirectory(prefix=".dinoscope-scratch-", dir=out)
-        cache = (scratch.name, 1 << 62)
-    else:
-        cache = None
-    failed: set[str] = set()
-    try:
-        with ray_session(num_cpus) as ray:
-            resources = ray.cluster_resources()
-            gpus, cpus = int(resources.get("GPU", 0)), max(1, int(resources.get("CPU", 1)))
-            if gpus:
-                pool, per_actor, threads = gpus, {"num_gpus": 1}, 0
-            else:
-                pool, per_actor, threads = cpus, {"num_cpus": 1}, 1
-
-            def phase(name: str, chosen: Sequence[Item]):
-                import ray.data
-
-                if not chosen:
-                    return
-                ds = ray.data.from_items([{"source": it.source, "name": it.name} for it in chosen])
-                kwargs = dict(fn_constructor_kwargs=dict(settings=settings, cache=cache, job=job, out=os.fspath(out),
-                                                         phase=name, threads=threads),
-                              compute=ray.data.ActorPoolStrategy(size=min(pool, len(chosen))),
-                              batch_size=max(1, min(extractor.batch_size, -(-len(chosen) // pool))),
-                              batch_format="numpy", **per_actor)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # max_restarts goes through the deprecated **ray_remote_args
-                    try:
-                        mapped = ds.map_batches(_Worker, max_restarts=0, **kwargs)  # a dying worker fails the run
-                    except TypeError:
-                        mapped = ds.map_batches(_Worker, **kwargs)
-                done = 0
-                try:
-                    for batch in mapped.iter_batches(batch_size=None, batch_format="numpy"):
-                        records = [json.loads(r) for r in batch["record"]]
-                        states = [pickle.loads(b) for b in batch["state"] if len(b)]
-                        done += len(records)
-                        if progress:
-                            progress({"fit": "fitting PCA (ray)", "range": "PCA colour range (ray)"}.get(
-                                name, "writing (ray)"), done, len(chosen))
-                        yield records, states
-                except DinoscopeError:
-                    raise
-                except Exception as exc:  # Ray's own wrappers of worker failures
-                    _reraise(exc)
-
-            if job.needs_basis and job.basis is None and todo:
-                target, job.basis = resumed_basis(job, out, basis_path, resume)
-                if job.basis is None:
-                    moments = Moments()
-                    for records, states in phase("fit", items):
-                        for r in records:
-                            if r["status"] != "ok" and r["name"] not in failed:
-                                failed.add(r["name"])
-                                manifest.add(r)
-                        for s in states:
-                            moments.merge(Moments.from_state(s))
-                    basis = moments.basis(job.n_components)
-                    job.basis = basis  # workers of the next phase project on it
-                    span = Range()
-                    for _, states in phase("range", [it for it in items if it.name not in failed]):
-                        for s in states:
-                            span.merge(Range.from_state(s))
-                    job.basis = span.apply(basis)
-                    job.basis.save(target)
-                summary.basis_path = os.fspath(target)
-            for records, _ in phase("write", [it for it in todo if it.name not in failed]):
-                for r in records:
-                    manifest.add(r)
-    finally:
-        manifest.flush()
-        if scratch is not None:
-            scratch.cleanup()
-    records = manifest.records.values()
-    summary.failures = [(r["source"], r.get("error", "")) for r in records if r.get("status") != "ok"]
-    summary.failed = len(summary.failures)
-    summary.ok = sum(1 for r in records if r.get("status") == "ok")
-    summary.seconds = time.perf_counter() - started
-    return summary
+    return run_collection(items, extractor, job, Path(out).resolve(), resume=resume, basis_path=basis_path,
+                          progress=progress, engine=RayEngine(num_cpus))

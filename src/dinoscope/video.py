@@ -15,7 +15,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
 
-from .cache import scratch_cache
+from .analyses.streaming import StreamingPCA
+from .collections import scratch_extractor
 from .errors import InputError
 from .files import safe_name
 
@@ -214,7 +215,6 @@ def run_video(path, extractor, out, *, stride: int = 1, max_frames: int | None =
     """
     from . import render
     from .analyses import query_index
-    from .streaming import Moments, Range
     from .views import pca_view, similarity_view
 
     require_av()
@@ -229,9 +229,9 @@ def run_video(path, extractor, out, *, stride: int = 1, max_frames: int | None =
     frames = lambda: iter_frames(path, stride=stride, max_frames=max_frames)  # noqa: E731
     batch = max(1, getattr(extractor, "batch_size", 8))
 
-    with scratch_cache(extractor, out):  # every frame is read by two or three passes
+    with scratch_extractor(extractor, out) as extractor:  # every frame is read by two or three passes
         # pass 1: similarity video (needs only the first frame's query) and the PCA moments
-        moments = Moments()
+        accumulator = StreamingPCA(3)
         sim_gif = []
         first = None
         with VideoWriter(out / f"{stem}_similarity.mp4", fps) as sim_video:
@@ -249,7 +249,7 @@ def run_video(path, extractor, out, *, stride: int = 1, max_frames: int | None =
                 sim_video.write(picture)
                 sim_gif.append(_gif_frame(picture))
                 if basis is None:
-                    moments.update(feats.flat)
+                    accumulator.observe(feats)
                 if progress:
                     progress("frames: similarity" + (", fitting PCA" if basis is None else ""), i + 1, total or i + 1)
         result.frames = sim_video.frames
@@ -257,13 +257,12 @@ def run_video(path, extractor, out, *, stride: int = 1, max_frames: int | None =
         del sim_gif
         # pass 2: the colour range of the projections (the basis is then complete and saved)
         if basis is None:
-            basis = moments.basis(3)
-            span = Range()
+            accumulator.fix_directions()
             for i, (_, feats) in enumerate(_features(extractor, frames(), batch)):
-                span.update(basis, feats.flat)
+                accumulator.observe(feats)
                 if progress:
                     progress("frames: PCA colour range", i + 1, result.frames)
-            span.apply(basis)
+            basis = accumulator.finish()
             target = Path(basis_path) if basis_path is not None else out / f"{stem}_pca_basis.safetensors"
             basis.save(target)
             result.basis_path = os.fspath(target)

@@ -11,7 +11,7 @@ import typer
 
 from ..errors import InputError
 from . import options as o
-from .collections import is_collection, run as run_collection
+from .collections import is_collection, run as run_collection, run_one
 from .options import (BASIS, COLLECTION, EXTRACTION, INPUT, MODEL, CellOpt, CmapOpt, ImageArg, InputsArg, MaxLinesOpt,
                       MethodOpt, Options, PatchOpt, PixelOpt, SeedOpt, TopKOpt, shared)
 from .output import check_pairs_path, save, stem, write_pairs
@@ -24,13 +24,9 @@ def norms(
     *, opts: Options,
 ):
     """Feature-norm map: the L2 norm of every patch token, min-max scaled."""
-    from ..views import norms_view
-
     if is_collection(images):
         return run_collection("norms", images, dict(cmap=cmap, alpha=alpha), opts)
-    image = images[0] if images else None
-    img, feats = o.extractor(opts)(image or o.DEFAULT_SAMPLE)
-    save(norms_view(feats, img, cmap=cmap, alpha=alpha), opts.out, f"{stem(image)}_norms.png")
+    run_one("norms", images, dict(cmap=cmap, alpha=alpha), opts)
 
 
 @shared(*EXTRACTION, *BASIS, *COLLECTION)
@@ -46,27 +42,16 @@ def pca(
     A collection gets one basis fitted over all its patches (streaming, bounded memory), so a colour
     means the same thing in every picture; it is saved to OUT/pca_basis.safetensors.
     """
-    from ..analyses import PCABasis
-    from ..views import pca_view
-
     picked = o.components(components)
     if is_collection(images):
         if foreground:
             raise InputError("--foreground is not available for collections yet; fit on one image with --save-basis "
                              "and apply it with --pca-basis")
         return run_collection("pca", images, dict(cmap=cmap, components=picked, smooth=smooth), opts)
-    image = images[0] if images else None
-    fitted = PCABasis.load(opts.basis) if opts.basis is not None else None
-    img, feats = o.extractor(opts)(image or o.DEFAULT_SAMPLE)
-    if fitted is None:
-        fitted = PCABasis.fit([feats], max(3, max(picked) + 1), foreground_only=foreground)
-    elif fitted.mean.shape[0] != feats.dim:
-        raise InputError(f"the basis in {opts.basis} is for {fitted.mean.shape[0]}-dim features, "
-                         f"this model gives {feats.dim}")
-    suffix = "pca" if len(picked) == 3 else f"pca{picked[0] + 1}"
-    save(pca_view(feats, fitted, components=picked, cmap=cmap, smooth=smooth), opts.out, f"{stem(image)}_{suffix}.png")
+    job = run_one("pca", images, dict(cmap=cmap, components=picked, smooth=smooth, foreground=foreground,
+                                      basis_file=opts.basis), opts)
     if opts.save_basis is not None:
-        fitted.save(opts.save_basis)
+        job.fitted.save(opts.save_basis)
         typer.echo(f"wrote {opts.save_basis}")
 
 
@@ -91,20 +76,18 @@ def similarity(
         if target is not None:
             raise InputError("--target is for one image; a collection takes the query from each image itself")
         return run_collection("similarity", images, dict(cmap=cmap, alpha=alpha, query=query), opts)
+    if target is None:
+        run_one("similarity", images, dict(cmap=cmap, alpha=alpha, query=query), opts)
+        return
     image = images[0] if images else None
     extractor = o.extractor(opts)
     img, feats = extractor(image or o.DEFAULT_SAMPLE)
     if query is None:
         query = feats.geometry.index(feats.geometry.rows // 2, feats.geometry.cols // 2)
     query_index(feats, query)  # out-of-range queries fail before any second forward pass
-    if target is None:
-        picture = similarity_view(feats, query, img, cmap=cmap, alpha=alpha)
-        name = f"{stem(image)}_similarity.png"
-    else:
-        timg, tfeats = extractor(target)
-        picture = similarity_view(tfeats, query, timg, query_features=feats, query_image=img, cmap=cmap, alpha=alpha)
-        name = f"{stem(image)}_to_{stem(target)}_similarity.png"
-    save(picture, opts.out, name)
+    timg, tfeats = extractor(target)
+    picture = similarity_view(tfeats, query, timg, query_features=feats, query_image=img, cmap=cmap, alpha=alpha)
+    save(picture, opts.out, f"{stem(image)}_to_{stem(target)}_similarity.png")
 
 
 @shared(*EXTRACTION)
@@ -159,8 +142,12 @@ def run_all(
     sources = [image] if image is not None else DEMO_SOURCES
     wanted = sources + ([match_with] if match_with and match_with not in sources else [])
     seen = dict(zip(wanted, o.extractor(opts).extract_many(wanted)))  # one batched pass per input size
+    from ..jobs import Job
+
+    job = Job("all")  # each image's own PCA basis
     for source in sources:
-        _draw_every_view(*seen[source], stem(source), opts.out)
+        for rel in job.write(opts.out, stem(source), *seen[source]):
+            typer.echo(f"wrote {opts.out / rel}")
     if match_with:
         pairs = [(source, match_with) for source in sources if source != match_with]
     else:
@@ -175,17 +162,6 @@ def _model_left_default(context) -> bool:
     """Whether this command line left --model at its default (not given)."""
     source = context.get_parameter_source("model")  # typer may vendor click: compare the enum by name
     return source is not None and source.name == "DEFAULT"
-
-
-def _draw_every_view(img, feats, name: str, out: Path) -> None:
-    from ..analyses import CLS
-    from ..views import norms_view, pca_view, similarity_view
-
-    g = feats.geometry
-    save(norms_view(feats, img), out, f"{name}_norms.png")
-    save(pca_view(feats), out, f"{name}_pca.png")
-    save(similarity_view(feats, g.index(g.rows // 2, g.cols // 2), img), out, f"{name}_similarity.png")
-    save(similarity_view(feats, CLS, img), out, f"{name}_similarity_cls.png")
 
 
 def _draw_matches(a, b, name: str, out: Path, **how) -> None:

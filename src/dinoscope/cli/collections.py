@@ -56,6 +56,20 @@ def run(kind: str, images: list[str], job_options: dict, opts: Options) -> int:
     return summary.exit_code
 
 
+def run_one(kind: str, images: list[str] | None, job_options: dict, opts: Options):
+    """A single image (the default sample when none) through the collection runner's one-input path: prints
+    "wrote PATH" for each output and returns the job (a PCA job keeps the basis it fitted)."""
+    from ..analyses import PCABasis
+    from ..collections import Job, run_one as run_single
+
+    image = images[0] if images else None
+    basis = PCABasis.load(opts.basis) if opts.basis is not None and kind in ("pca", "all") else None
+    job = Job(kind, job_options, basis=basis)
+    for path in run_single(image or o.DEFAULT_SAMPLE, stem(image), o.extractor(opts), job, opts.out):
+        typer.echo(f"wrote {path}")
+    return job
+
+
 def _report(summary, kind: str, out: Path, how: str) -> None:
     for source, error in summary.failures[:MAX_FAILURES_SHOWN]:
         print(f"dinoscope: failed: {error}" if source in error else f"dinoscope: failed: {source}: {error}",
@@ -85,13 +99,15 @@ def extract(
     folder, a glob or @LIST.txt also write OUT/manifest.jsonl; with --engine ray the features are
     written as Parquet shards under OUT/features/.
     """
+    from ..collections import Job, run_one as run_single
+
     o.check_batch_size(opts)
     if is_collection(images):
         return run("extract", images, {}, opts)
     extractor = o.extractor(opts)
     started = time.perf_counter()
-    for source, (_, feats) in zip(images, extractor.iter_many(images)):  # one image: several make a collection
-        typer.echo(f"wrote {feats.save(opts.out / f'{stem(source)}.safetensors')}")
+    for path in run_single(images[0], stem(images[0]), extractor, Job("extract"), opts.out):  # several: a collection
+        typer.echo(f"wrote {path}")
     elapsed = time.perf_counter() - started
     hits = extractor.cache.hits if extractor.cache is not None else 0
     typer.echo(f"extracted {len(images)} image(s) into {opts.out} in {elapsed:.2f} s: {len(images) / elapsed:.2f} "
