@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Iterator, Protocol
 
 from .errors import InputError
+from .files import SCRATCH_PREFIX
 from .tokens import Features
 
 log = logging.getLogger("dinoscope")
@@ -307,19 +308,8 @@ def scratch_layer(folder: Path, back: Cache | None) -> Iterator[LayeredCache]:
     """A layered cache for runs that read every image more than once (a collection's PCA fit, a video):
     a private, unbounded disk cache in a temporary folder inside `folder` (deleted at the end) in front of
     `back`, so no pass recomputes an image however small the user's cache is (a bounded cache would evict
-    the run's own entries). Build the run's Extractor with it."""
+    the run's own entries). Build the run's Extractor with it. The folder's name carries this process's id,
+    so after kill -9 the next run into `folder` removes it (`files.clean_leftovers`)."""
     folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".dinoscope-scratch-", dir=folder) as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=folder) as tmp:
         yield LayeredCache(FeatureCache(tmp, max_bytes=1 << 62), back)
-
-
-@contextlib.contextmanager
-def scratch_cache(extractor, folder: Path):
-    """`scratch_layer` placed on an existing extractor for the duration (its own cache restored after)."""
-    saved = extractor.cache
-    with scratch_layer(folder, saved) as layered:
-        extractor.cache = layered
-        try:
-            yield
-        finally:
-            extractor.cache = saved

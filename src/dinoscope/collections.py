@@ -23,8 +23,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-import shutil
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -33,9 +31,9 @@ from typing import Callable, Iterator, Sequence
 
 from .analyses import PCABasis
 from .analyses.streaming import StreamingPCA
-from .cache import FeatureCache, LayeredCache
+from .cache import scratch_layer
 from .errors import DinoscopeError, ModelError
-from .files import SCRATCH_PREFIX, clean_leftovers
+from .files import clean_leftovers
 from .inputs import IMAGE_SUFFIXES, Item, expand_inputs, is_collection
 from .jobs import KINDS, BasisMismatch, Job
 from .manifest import MANIFEST, ManifestLog, explain, input_digest, log, read_manifest, why_redo
@@ -180,20 +178,16 @@ def process(extractor, job: Job, out: Path, items: Sequence[Item], *, accumulato
 @contextlib.contextmanager
 def scratch_extractor(extractor, folder: Path) -> Iterator[object]:
     """For runs that read every image more than once (a collection's PCA fit, a video): a copy of
-    `extractor` (the same model) whose cache is a private, unbounded scratch cache in a temporary
-    folder inside `folder`, in front of the extractor's own cache, so no pass recomputes an image however
-    small the user's cache is. The folder is removed at the end (or, after kill -9, by the next run's
-    `clean_leftovers`: its name carries this process's id); forward passes are added to `extractor`'s."""
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=folder)
-    copied = copy.copy(extractor)
-    copied.cache = LayeredCache(FeatureCache(scratch, max_bytes=1 << 62), extractor.cache)
-    copied.forward_passes = 0
-    try:
-        yield copied
-    finally:
-        extractor.forward_passes += copied.forward_passes
-        shutil.rmtree(scratch, ignore_errors=True)
+    `extractor` (the same model) built on `cache.scratch_layer`, a private scratch cache in `folder` in
+    front of the extractor's own cache, so no pass recomputes an image however small the user's cache
+    is; the caller's extractor keeps its cache, and the copy's forward passes are added to its count."""
+    with scratch_layer(Path(folder), extractor.cache) as layered:
+        copied = copy.copy(extractor)
+        copied.cache, copied.forward_passes = layered, 0
+        try:
+            yield copied
+        finally:
+            extractor.forward_passes += copied.forward_passes
 
 
 class LocalEngine:
