@@ -111,3 +111,35 @@ def test_bad_upsampling_input_says_what_to_do():
         upsample(np.zeros((3, 4)), geometry, np.zeros((64, 48, 3), np.uint8))
     with pytest.raises(InputError, match="unknown upsampling"):
         upsample(np.zeros((3, 4)), geometry, method="bicubic")
+
+
+def direct_joint_bilateral(grid, photo, sigma_space=1.0, sigma_colour=0.1, reach=2):
+    """The formula pixel by pixel: cells within `reach` of the pixel's nearest cell, spatial x (range + floor)."""
+    rows, cols, _ = grid.shape
+    h, w = photo.shape[:2]
+    from PIL import Image
+    means = np.asarray(Image.fromarray(photo).resize((cols, rows), Image.Resampling.BOX), np.float64) / 255
+    out = np.zeros((h, w, grid.shape[2]))
+    for y in range(h):
+        v = (y + 0.5) * rows / h - 0.5
+        for x in range(w):
+            u = (x + 0.5) * cols / w - 0.5
+            colour = photo[y, x] / 255.0
+            num, den = 0.0, 0.0
+            for i in range(int(np.floor(v + 0.5)) - reach, int(np.floor(v + 0.5)) + reach + 1):
+                for j in range(int(np.floor(u + 0.5)) - reach, int(np.floor(u + 0.5)) + reach + 1):
+                    if not (0 <= i < rows and 0 <= j < cols):
+                        continue
+                    spatial = np.exp(-((v - i) ** 2 + (u - j) ** 2) / (2 * sigma_space ** 2))
+                    similar = np.exp(-np.sum((colour - means[i, j]) ** 2) / (2 * sigma_colour ** 2)) + 1e-12
+                    num, den = num + spatial * similar * grid[i, j], den + spatial * similar
+            out[y, x] = num / den
+    return out
+
+
+@pytest.mark.parametrize("size,cells", [((48, 40), (5, 6)), ((45, 37), (4, 5))])  # whole and fractional cells
+def test_joint_bilateral_equals_the_formula_pixel_by_pixel(size, cells, monkeypatch):
+    photo, _ = scene(*size, seed=3)
+    grid = np.random.default_rng(4).random(cells + (2,), dtype=np.float32)
+    monkeypatch.setattr(up, "STRIP_ROWS", 16)  # several strips, each reaching other strips' cell rows
+    np.testing.assert_allclose(up.joint_bilateral(grid, photo), direct_joint_bilateral(grid, photo), atol=2e-5)

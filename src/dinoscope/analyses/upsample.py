@@ -18,13 +18,15 @@ tried first: fed the blurred bilinear map it only halved the edge error, while t
 from __future__ import annotations
 
 import numpy as np
+import torch
 from PIL import Image
 
 from ..errors import InputError
+from .threads import one_thread
 
 METHODS = ("guided", "bilinear", "nearest")
-STRIP_ROWS = 512
-RANGE_FLOOR = np.float32(1e-12)  # a pixel unlike every nearby cell falls back to spatial weights, not to 0/0
+STRIP_ROWS = 128
+RANGE_FLOOR = 1e-12  # a pixel unlike every nearby cell falls back to spatial weights, not to 0/0
 
 
 def upsample(values, geometry, guide=None, *, method: str = "guided", sigma_space: float = 1.0,
@@ -74,42 +76,64 @@ def joint_bilateral(grid: np.ndarray, photo: np.ndarray, *, sigma_space: float =
     the cell's mean colour (Gaussian, `sigma_colour` on colours in [0, 1]): cells on the
     pixel's side of an edge outweigh the cells across it, so the map's edge moves onto the
     photo's. Written in row strips into `out` (h, w, C) float32.
+
+    Exact, in torch, in place. Per neighbour offset (dy, dx) the neighbour cells of a strip's
+    pixels are gathered colour and value channels together. When every cell row spans the same
+    number of pixel rows (native resolution, dense grids) all pixel rows of a cell row share their
+    neighbour row, so the gather is done once per cell row and broadcast over its pixel rows.
     """
     rows, cols, channels = grid.shape
     h, w = photo.shape[:2]
     out = np.empty((h, w, channels), np.float32) if out is None else out
     means = np.asarray(Image.fromarray(photo).resize((cols, rows), Image.Resampling.BOX), np.float32) / 255
-    cells = np.concatenate([means, grid], axis=2)  # one gather per neighbour fetches colour and value
-    u = (np.arange(w) + 0.5) * cols / w - 0.5  # pixel centres in cell coordinates
-    v = (np.arange(h) + 0.5) * rows / h - 0.5
-    near_u, near_v = np.floor(u + 0.5).astype(np.int64), np.floor(v + 0.5).astype(np.int64)
-    offsets = range(-reach, reach + 1)
-    col_idx = [np.clip(near_u + d, 0, cols - 1) for d in offsets]
-    col_w = [_gaussian(u - (near_u + d), sigma_space) * (near_u + d == i) for d, i in zip(offsets, col_idx)]
-    scale = np.float32(-0.5 / sigma_colour ** 2)
-    for y0 in range(0, h, STRIP_ROWS):
-        y1 = min(h, y0 + STRIP_ROWS)
-        colours = photo[y0:y1].astype(np.float32) / 255
-        total = np.zeros((y1 - y0, w, channels), np.float32)
-        weight = np.zeros((y1 - y0, w), np.float32)
-        for dy in offsets:
-            j = near_v[y0:y1] + dy
-            row_idx = np.clip(j, 0, rows - 1)
-            row_w = _gaussian(v[y0:y1] - j, sigma_space) * (j == row_idx)
-            row_cells = cells[row_idx]
-            for ci, cwt in zip(col_idx, col_w):
-                near = row_cells[:, ci]
-                diff = np.subtract(colours, near[..., :3])
-                wgt = np.einsum("hwc,hwc->hw", diff, diff)
-                np.multiply(wgt, scale, out=wgt)
-                np.exp(wgt, out=wgt)
-                wgt += RANGE_FLOOR
-                wgt *= row_w[:, None]
-                wgt *= cwt[None, :]
-                total += wgt[..., None] * near[..., 3:]
-                weight += wgt
-        out[y0:y1] = total / np.maximum(weight, 1e-30)[..., None]
+    # channel-first (3 + C, rows, cols): one gather per neighbour fetches colour and value
+    cells = torch.from_numpy(np.concatenate([means, np.asarray(grid, np.float32)], axis=2)).permute(2, 0, 1).contiguous()
+    col_idx, col_w = _neighbours(w, cols, reach, sigma_space)
+    row_idx, row_w = _neighbours(h, rows, reach, sigma_space)
+    band = h // rows if h % rows == 0 else 1  # pixel rows sharing their neighbour cells' row
+    strip = max(1, STRIP_ROWS // band) * band
+    scale = -0.5 / sigma_colour ** 2
+    with torch.inference_mode(), one_thread():
+        for y0 in range(0, h, strip):
+            y1 = min(h, y0 + strip)
+            shape = ((y1 - y0) // band, band, w)  # (bands, pixel rows per band, w)
+            colours = torch.from_numpy(photo[y0:y1].transpose(2, 0, 1).astype(np.float32)).div_(255).view(3, *shape)
+            total = torch.zeros(channels, *shape)
+            weight = torch.zeros(shape)
+            wgt, diff = torch.empty(shape), torch.empty(shape)
+            first = int(row_idx[0][y0])
+            # the strip's cell rows expanded to pixel columns once per column offset: gathers along
+            # the last axis are slow in torch, along the middle one they copy whole rows
+            wide = [cells[:, first:int(row_idx[-1][y1 - 1]) + 1].index_select(2, ci) for ci in col_idx]
+            for ri, rw in zip(row_idx, row_w):
+                rw = rw[y0:y1].view(*shape[:2], 1)
+                for expanded, cw in zip(wide, col_w):
+                    near = expanded.index_select(1, ri[y0:y1:band] - first)[:, :, None]  # broadcast over the band
+                    torch.sub(colours[0], near[0], out=wgt).square_()
+                    for c in (1, 2):
+                        torch.sub(colours[c], near[c], out=diff)
+                        wgt.addcmul_(diff, diff)
+                    wgt.mul_(scale).exp_().add_(RANGE_FLOOR).mul_(rw).mul_(cw)
+                    for c in range(channels):
+                        total[c].addcmul_(near[3 + c], wgt)
+                    weight += wgt
+            total /= weight.clamp_min_(1e-30)
+            out[y0:y1] = total.view(channels, y1 - y0, w).permute(1, 2, 0).numpy()
     return out
+
+
+def _neighbours(n_pixels: int, n_cells: int, reach: int, sigma: float) -> tuple[list, list]:
+    """Per offset d in -reach..reach: each pixel's cell index (nearest cell + d, clamped) and its spatial
+    weight along this axis (Gaussian of the distance to that cell's centre; 0 where the cell is off the grid)."""
+    centre = (np.arange(n_pixels) + 0.5) * n_cells / n_pixels - 0.5  # pixel centres in cell coordinates
+    nearest = np.floor(centre + 0.5).astype(np.int64)
+    indices, weights = [], []
+    for d in range(-reach, reach + 1):
+        j = nearest + d
+        clamped = np.clip(j, 0, n_cells - 1)
+        indices.append(torch.from_numpy(clamped))
+        weights.append(torch.from_numpy(_gaussian(centre - j, sigma) * (j == clamped)))
+    return indices, weights
 
 
 def _gaussian(d: np.ndarray, sigma: float) -> np.ndarray:
