@@ -95,11 +95,13 @@ class CacheKey:
     layer: int
     normed: bool
     dtype: str
+    sampling: str = ""  # sampling.Sampling.key(): density, padding and tiles ("" for one pass on the patch grid)
 
     @property
     def digest(self) -> str:
         text = json.dumps([FORMAT, self.model, self.revision, self.patch_size, self.image, self.resolution,
-                           self.max_tokens, self.layer, self.normed, self.dtype], separators=(",", ":"))
+                           self.max_tokens, self.layer, self.normed, self.dtype]
+                          + ([self.sampling] if self.sampling else []), separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 
 

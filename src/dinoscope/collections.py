@@ -73,7 +73,8 @@ def recipe(extractor, job: Job) -> dict:
         model, identity = model.source, (model.source, model.revision, model.patch_size)
     return {"model": model, "revision": identity[1] if identity else None, "resolution": str(extractor.resolution),
             "layer": extractor.layer, "normed": extractor.normed, "dtype": str(extractor.dtype),
-            "max_pixels": extractor.max_pixels, **job.recipe()}
+            "max_pixels": extractor.max_pixels,
+            **({"sampling": extractor.sampling.key()} if extractor.sampling.key() else {}), **job.recipe()}
 
 
 def ok_record(item: Item, outputs: list[str], features, image, made: dict | None = None) -> dict:

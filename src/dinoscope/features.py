@@ -16,10 +16,12 @@ from PIL import Image
 
 from . import models
 from .cache import CacheKey
+from .errors import InputError
 from .geometry import Geometry, Resolution
 from .images import image_digest, load_image
 from .models import DEFAULT_MODEL, Backbone
 from .models.loading import identify, resolve_dtype
+from .sampling import Sampling, grid_tokens
 from .tokens import Attention, Features, split_row
 
 __all__ = ["Extractor", "Features", "attention_rows", "extract", "extract_attention", "extract_batch",
@@ -51,26 +53,31 @@ def _as_backbone(model, device="auto", dtype="float32") -> Backbone:
 
 
 def extract(backbone_or_image, image=None, *, model=None, resolution: Resolution | str | None = None,
-            layer: int = -1, normed: bool = True, device: str | None = "auto", dtype="float32") -> Features:
+            layer: int = -1, normed: bool = True, device: str | None = "auto", dtype="float32", density: int = 1,
+            tiles: bool = False) -> Features:
     """Run the model once on one image and return its tokens from `layer`, carrying the image.
 
     Two call shapes: ``extract("photo.jpg", model="vitb16")`` (the model loaded for this call;
     keep an :class:`Extractor` to reuse one) and ``extract(backbone, image)``. The image is
     anything `load_image` accepts. `normed` applies the model's final norm (the default,
-    matching `last_hidden_state`); False gives the raw block output.
+    matching `last_hidden_state`); False gives the raw block output. `density` 2 or 4 gives a grid
+    that many times denser along each axis (shift-and-stitch, density^2 passes); `tiles` keeps a
+    large photo at full resolution, run in tiles within the token budget.
     """
     if image is None:
         backbone, image = _as_backbone(model or DEFAULT_MODEL, device, dtype), backbone_or_image
     else:
         backbone = _as_backbone(backbone_or_image, device, dtype)
-    return extract_layers(backbone, image, resolution=resolution, layers=[layer], normed=normed)[0]
+    return extract_layers(backbone, image, resolution=resolution, layers=[layer], normed=normed, density=density,
+                          tiles=tiles)[0]
 
 
 def extract_layers(backbone, image, *, resolution: Resolution | str | None = None, layers: Sequence[int] = (-1,),
-                   normed: bool = True) -> list[Features]:
+                   normed: bool = True, density: int = 1, tiles: bool = False) -> list[Features]:
     """Tokens from several layers of one forward pass (the pass stops at the deepest one asked for)."""
     image = load_image(image)
-    return extract_batch(backbone, [image], resolution=resolution, layers=layers, normed=normed)[0]
+    sampling = Sampling.within(Resolution.coerce(resolution).max_tokens, density=density, tiles=tiles)
+    return extract_batch(backbone, [image], resolution=resolution, layers=layers, normed=normed, sampling=sampling)[0]
 
 
 def _geometry(image, patch_size: int, resolution: Resolution) -> Geometry:
@@ -82,15 +89,17 @@ def _geometry(image, patch_size: int, resolution: Resolution) -> Geometry:
 
 def extract_batch(backbone, images: Sequence, *, resolution: Resolution | str | None = None,
                   layers: Sequence[int] = (-1,), normed: bool = True, batch_size: int = 8,
-                  progress=None) -> list[list[Features]]:
+                  progress=None, sampling: Sampling | None = None) -> list[list[Features]]:
     """Extract many RGB PIL images; images of the same model input size share a forward pass.
 
     Returns, per image, a list with one Features per requested layer (each carrying its image).
     `progress(done)` is called after each forward pass with the number of images finished so far.
+    `sampling` asks for a denser grid and/or tiles (see `dinoscope.sampling`); each Features records it.
     """
     resolution = Resolution.coerce(resolution)
+    sampling = sampling or Sampling()
     blocks = [backbone.layer_index(layer) for layer in layers]
-    geometries = [_geometry(image, backbone.patch_size, resolution) for image in images]
+    geometries = [_geometry(image, backbone.patch_size, sampling.sizing(resolution)) for image in images]
     groups: dict[tuple[int, int], list[int]] = {}
     for i, geometry in enumerate(geometries):
         groups.setdefault(geometry.input_size, []).append(i)
@@ -102,10 +111,12 @@ def extract_batch(backbone, images: Sequence, *, resolution: Resolution | str | 
         for start in range(0, len(members), batch_size):
             chunk = members[start:start + batch_size]
             pixels = torch.stack([preprocess(images[i], geometries[i], backbone.mean, backbone.std) for i in chunk])
-            outputs = forward_tokens(backbone, pixels, blocks, normed)
+            outputs, grids = grid_tokens(lambda x: forward_tokens(backbone, x, blocks, normed), pixels,
+                                         [geometries[i] for i in chunk], sampling, dim=backbone.hidden_size,
+                                         batch_size=min(4, batch_size))
             for j, i in enumerate(chunk):
-                results[i] = [Features(cls_t[j], regs[j], patches[j], geometries[i], layer=block, image=images[i],
-                                       **provenance)
+                results[i] = [Features(cls_t[j], regs[j], patches[j], grids[j], layer=block, image=images[i],
+                                       extra=sampling.record(), **provenance)
                               for block, (cls_t, regs, patches) in zip(blocks, outputs)]
             finished += len(chunk)
             if progress is not None:
@@ -164,7 +175,8 @@ class Extractor:
 
     def __init__(self, model=DEFAULT_MODEL, *, device: str | None = "auto",
                  dtype="float32", resolution: Resolution | str | None = None, layer: int = -1, normed: bool = True,
-                 max_pixels: int | None = None, cache=None, batch_size: int = 8):
+                 max_pixels: int | None = None, cache=None, batch_size: int = 8, density: int = 1,
+                 tiles: bool = False):
         self.model_source = model
         self.device = device
         self.dtype = dtype
@@ -174,6 +186,7 @@ class Extractor:
         self.max_pixels = max_pixels
         self.cache = cache
         self.batch_size = batch_size
+        self.sampling = Sampling.within(self.resolution.max_tokens, density=density, tiles=tiles)
         self.forward_passes = 0  # images run through the model by this extractor (cache hits excluded)
         self._backbone = None if isinstance(model, (str, os.PathLike)) else model
         self._identity = None
@@ -181,7 +194,8 @@ class Extractor:
     def __repr__(self) -> str:
         model = self.model_source if isinstance(self.model_source, (str, os.PathLike)) else self.backbone.source
         return (f"Extractor({os.fspath(model)!r}, resolution={str(self.resolution)!r}, layer={self.layer}, "
-                f"normed={self.normed}, dtype={str(self.dtype)!r}, cache={self.cache!r})")
+                f"normed={self.normed}, dtype={str(self.dtype)!r}, cache={self.cache!r}"
+                + "".join(f", {k}={v!r}" for k, v in self.sampling.record().items() if k != "pad") + ")")
 
     @property
     def backbone(self):
@@ -219,7 +233,7 @@ class Extractor:
         dtype = str(resolve_dtype(self.dtype)).removeprefix("torch.")
         return CacheKey(source, revision, patch, digest or image_digest(image), str(self.resolution),
                         self.resolution.max_tokens,
-                        self.layer, self.normed, dtype)
+                        self.layer, self.normed, dtype, self.sampling.key())
 
     def __call__(self, source):
         """(RGB image, Features) of one source; `features(source)` gives the Features alone."""
@@ -292,7 +306,7 @@ class Extractor:
 
             fresh = extract_batch(backbone, [images[i] for i in todo], resolution=self.resolution,
                                   layers=[self.layer], normed=self.normed, batch_size=self.batch_size,
-                                  progress=step)
+                                  progress=step, sampling=self.sampling)
             self.forward_passes += len(todo)
             for i, feats in zip(todo, fresh):
                 results[i] = feats[0]
@@ -308,10 +322,13 @@ class Extractor:
         for layer in layers:
             self.backbone.layer_index(layer)
         return image, extract_batch(self.backbone, [image], resolution=self.resolution, layers=list(layers),
-                                    normed=self.normed)[0]
+                                    normed=self.normed, sampling=self.sampling)[0]
 
     def attention(self, source, query=-1):
         """(RGB image, Attention) of `query` (CLS by default) in this extractor's layer."""
+        if not self.sampling.plain:
+            raise InputError("attention is read from one pass on the patch grid; drop --density and --tiles for "
+                             "attention (a dense grid's cells come from different shifted passes)")
         image = self.load(source)
         return image, extract_attention(self.backbone, image, layer=self.layer, query=query,
                                         resolution=self.resolution)

@@ -70,12 +70,19 @@ class Job:
         return self.drawn[name] if value is None and name in self.drawn else value
 
     @property
+    def upsample(self) -> str:
+        """How maps reach the photo's pixels (nearest, bilinear, guided); recorded only when not nearest."""
+        return self.options.get("upsample") or "nearest"
+
+    @property
     def n_components(self) -> int:
         return max(3, max(self.option("components") or (0, 1, 2)) + 1)
 
     def recipe(self) -> dict:
         """Everything of the job that changes its outputs (with the defaults filled in), for the manifest."""
         found = {"job": self.kind, **{k: _plain(self.option(k)) for k in sorted(self.drawn)}}
+        if self.upsample != "nearest":
+            found["upsample"] = self.upsample
         if self.needs_basis:
             found["basis"] = basis_digest(self.basis)
         return found
@@ -138,7 +145,8 @@ class NormsJob(Job):
         return [f"{name}_norms.png"]
 
     def render(self, image, features) -> list:
-        return [views.norms_view(features, image, cmap=self.option("cmap"), alpha=self.option("alpha"))]
+        return [views.norms_view(features, image, cmap=self.option("cmap"), alpha=self.option("alpha"),
+                                 upsample=self.upsample)]
 
 
 class PcaJob(Job):
@@ -159,7 +167,8 @@ class PcaJob(Job):
         self.fitted = self.basis if self.basis is not None else PCABasis.fit(
             [features], self.n_components, foreground_only=self.option("foreground"))
         return [views.pca_view(features, self.fitted, components=list(self.option("components")),
-                               cmap=self.option("cmap"), smooth=self.option("smooth"))]
+                               cmap=self.option("cmap"), smooth=self.option("smooth"), upsample=self.upsample,
+                               guide=image)]
 
 
 def _centre(features) -> int:
@@ -183,7 +192,8 @@ class SimilarityJob(Job):
         query = self.option("query")
         query = _centre(features) if query is None else query
         query_index(features, query)
-        return [views.similarity_view(features, query, image, cmap=self.option("cmap"), alpha=self.option("alpha"))]
+        return [views.similarity_view(features, query, image, cmap=self.option("cmap"), alpha=self.option("alpha"),
+                                      upsample=self.upsample)]
 
 
 class AllJob(Job):
@@ -195,8 +205,11 @@ class AllJob(Job):
 
     def render(self, image, features) -> list:
         self.check_basis(features)
-        return [views.norms_view(features, image), views.pca_view(features, self.basis),
-                views.similarity_view(features, _centre(features), image), views.similarity_view(features, CLS, image)]
+        up = self.upsample
+        return [views.norms_view(features, image, upsample=up),
+                views.pca_view(features, self.basis, upsample=up, guide=image),
+                views.similarity_view(features, _centre(features), image, upsample=up),
+                views.similarity_view(features, CLS, image, upsample=up)]
 
 
 JOBS = {job.kind: job for job in (ExtractJob, NormsJob, PcaJob, SimilarityJob, AllJob)}

@@ -205,13 +205,14 @@ def _features(extractor, frames_iter, batch: int):
 
 
 def run_video(path, extractor, out, *, stride: int = 1, max_frames: int | None = None, query=None, basis=None,
-              basis_path=None, progress=None) -> VideoResult:
+              basis_path=None, progress=None, upsample: str = "nearest") -> VideoResult:
     """Write OUT/<stem>_pca.{mp4,gif} (frame | PCA colours, one basis for the clip) and
     OUT/<stem>_similarity.{mp4,gif} (the query from the first frame followed through every frame).
 
     `query` is anything `similarity_map` takes (default: the centre patch of the first frame);
     `basis` a PCABasis to apply instead of fitting one (the fitted one is saved to `basis_path`,
-    default OUT/<stem>_pca_basis.safetensors). `progress(phase, done, total)` reports frames.
+    default OUT/<stem>_pca_basis.safetensors). `progress(phase, done, total)` reports frames;
+    `upsample` is how maps reach the frame's pixels (nearest, bilinear, guided).
     """
     from . import render
     from .analyses import query_index
@@ -243,7 +244,7 @@ def run_video(path, extractor, out, *, stride: int = 1, max_frames: int | None =
                     result.query, result.size = index, frame.size
                 if feats.geometry.grid != first.geometry.grid:
                     raise InputError(f"frame {i} has a different size from the first; the video changes resolution")
-                picture = similarity_view(feats, index, frame, query_features=first, mark=False)
+                picture = similarity_view(feats, index, frame, query_features=first, mark=False, upsample=upsample)
                 if i == 0:
                     picture = render.outline_patch(picture, feats.geometry, index) if index >= 0 else picture
                 sim_video.write(picture)
@@ -272,7 +273,7 @@ def run_video(path, extractor, out, *, stride: int = 1, max_frames: int | None =
         pca_gif = []
         with VideoWriter(out / f"{stem}_pca.mp4", fps) as pca_video:
             for i, (frame, feats) in enumerate(_features(extractor, frames(), batch)):
-                picture = render.side_by_side([frame, pca_view(feats, basis)])
+                picture = render.side_by_side([frame, pca_view(feats, basis, upsample=upsample, guide=frame)])
                 pca_video.write(picture)
                 pca_gif.append(_gif_frame(picture))
                 if progress:

@@ -8,10 +8,12 @@ is found on the Features (`features.image`, set by extraction) unless one is pas
 
 from __future__ import annotations
 
+import numpy as np
 from PIL import Image
 
 from . import render
 from .analyses import PCABasis, attention_map, match_patches, minmax, patch_norms, query_index, similarity_map
+from .analyses.upsample import upsample as upsampled
 from .errors import InputError
 
 RANDOM_PREFIX = "random:"
@@ -36,28 +38,57 @@ def _photo(image, owner):
     return getattr(owner, "image", None) if image is FROM_FEATURES else image
 
 
-def norms_view(features, image=FROM_FEATURES, *, cmap: str = "inferno", alpha: float = 0.0) -> Image.Image:
-    """Feature-norm map at the photo's size; with alpha > 0 it is blended over the photo."""
+def _guide(image, owner):
+    """The photo that guides upsampling: the one given, else the one the Features (or Attention) carry."""
+    return image if image is not None else getattr(owner, "image", None)
+
+
+def painted(values, geometry, colour, *, upsample: str = "nearest", guide=None) -> Image.Image:
+    """A grid map at the photo's pixels: `colour` turns values into uint8 RGB. "nearest" paints each cell's
+    square (`render.place`); "bilinear" or "guided" (by the photo `guide`) upsample the few drawn channels
+    first (`analyses.upsample`), then colour them; the uncovered margin stays black either way."""
+    if upsample == "nearest":
+        return render.place(colour(values), geometry)
+    full = upsampled(render.as_numpy(values), geometry, guide, method=upsample)
+    outside = np.isnan(full) if full.ndim == 2 else np.isnan(full).any(-1)
+    picture = colour(np.nan_to_num(full))
+    picture[outside] = 0
+    return Image.fromarray(picture)
+
+
+def norms_view(features, image=FROM_FEATURES, *, cmap: str = "inferno", alpha: float = 0.0,
+               upsample: str = "nearest") -> Image.Image:
+    """Feature-norm map at the photo's size; with alpha > 0 it is blended over the photo.
+
+    `upsample` (here and in the other map views): nearest (cells as squares), bilinear, or guided by the photo.
+    """
     image = _photo(image, features)
-    heat = render.place(render.colorize(minmax(patch_norms(features)), cmap, 0.0, 1.0), features.geometry)
+    heat = painted(minmax(patch_norms(features)), features.geometry, lambda v: render.colorize(v, cmap, 0.0, 1.0),
+                   upsample=upsample, guide=_guide(image, features))
     return finished(render.overlay(image, heat, alpha) if image is not None and alpha > 0 else heat, features)
 
 
 def pca_view(features, basis: PCABasis | None = None, *, components=(0, 1, 2), foreground_only: bool = False,
-             cmap: str = "viridis", smooth: bool = False) -> Image.Image:
-    """Three components as RGB, or one component through a colormap."""
+             cmap: str = "viridis", smooth: bool = False, upsample: str = "nearest", guide=None) -> Image.Image:
+    """Three components as RGB, or one component through a colormap (`guide`: the photo for guided
+    upsampling, by default the one the Features carry)."""
     basis = basis or PCABasis.fit([features], max(3, max(components) + 1), foreground_only=foreground_only)
     values = basis.transform(features, list(components))
     if len(components) == 1:
-        picture = render.place(render.colorize(values[..., 0], cmap, 0.0, 1.0), features.geometry, smooth=smooth)
-        return finished(picture, features)
-    if len(components) != 3:
+        values, colour = values[..., 0], (lambda v: render.colorize(v, cmap, 0.0, 1.0))
+    elif len(components) == 3:
+        colour = render.rgb
+    else:
         raise InputError("give one PCA component (a single map) or three (red, green, blue)")
-    return finished(render.place(render.rgb(values), features.geometry, smooth=smooth), features)
+    if smooth:  # bilinear between patch centres on the coloured grid, as before --upsample existed
+        return finished(render.place(colour(values), features.geometry, smooth=True), features)
+    return finished(painted(values, features.geometry, colour, upsample=upsample, guide=_guide(guide, features)),
+                    features)
 
 
 def similarity_view(features, query, image=FROM_FEATURES, *, query_features=None, cmap: str = "turbo",
-                    alpha: float = 0.55, mark=True, query_image: Image.Image | None = None) -> Image.Image:
+                    alpha: float = 0.55, mark=True, query_image: Image.Image | None = None,
+                    upsample: str = "nearest") -> Image.Image:
     """Similarity map over the photo (full [-1, 1] range on a fixed scale), query patch outlined in red.
 
     `query` is a patch index, `Patch(row, col)`, `Pixel(x, y)` or `CLS`. For a cross-image query
@@ -66,7 +97,8 @@ def similarity_view(features, query, image=FROM_FEATURES, *, query_features=None
     """
     image = _photo(image, features)
     sims = similarity_map(features, query, query_features=query_features)
-    heat = render.place(render.colorize(sims, cmap, -1.0, 1.0), features.geometry)
+    heat = painted(sims, features.geometry, lambda v: render.colorize(v, cmap, -1.0, 1.0), upsample=upsample,
+                   guide=_guide(image, features))
     picture = render.overlay(image, heat, alpha) if image is not None else heat
     source = features if query_features is None else query_features
     index = query_index(source, query)
@@ -91,7 +123,7 @@ def matches_view(features_a, features_b, image_a=FROM_FEATURES, image_b=FROM_FEA
 
 
 def attention_view(attention, image=FROM_FEATURES, *, heads: bool = True, cmap: str = "inferno",
-                   alpha: float = 0.6, columns: int = 4) -> Image.Image:
+                   alpha: float = 0.6, columns: int = 4, upsample: str = "nearest") -> Image.Image:
     """The head-averaged attention map over the photo, then (with `heads`) one panel per head.
 
     Each panel is scaled to its own maximum, so a head that spends most of its attention on
@@ -104,7 +136,8 @@ def attention_view(attention, image=FROM_FEATURES, *, heads: bool = True, cmap: 
         maps += [(f"head {h}", attention_map(attention, h)) for h in range(attention.heads)]
     panels = []
     for title, values in maps:
-        heat = render.place(render.colorize(minmax(values), cmap, 0.0, 1.0), g)
+        heat = painted(minmax(values), g, lambda v: render.colorize(v, cmap, 0.0, 1.0), upsample=upsample,
+                       guide=_guide(image, attention))
         picture = render.overlay(image, heat, alpha) if image is not None else heat
         panels.append(render.captioned(render.outline_patch(picture, g, attention.query), title))
     return finished(render.tile(panels, min(columns, len(panels)) if len(panels) > 1 else 1, gap=4), attention)

@@ -26,6 +26,7 @@ from .threads import one_thread
 
 METHODS = ("guided", "bilinear", "nearest")
 STRIP_ROWS = 128
+STRIP_PIXELS = 65536  # joint bilateral: a strip's dozen working arrays stay in the CPU's caches
 RANGE_FLOOR = 1e-12  # a pixel unlike every nearby cell falls back to spatial weights, not to 0/0
 
 
@@ -91,7 +92,7 @@ def joint_bilateral(grid: np.ndarray, photo: np.ndarray, *, sigma_space: float =
     col_idx, col_w = _neighbours(w, cols, reach, sigma_space)
     row_idx, row_w = _neighbours(h, rows, reach, sigma_space)
     band = h // rows if h % rows == 0 else 1  # pixel rows sharing their neighbour cells' row
-    strip = max(1, STRIP_ROWS // band) * band
+    strip = max(1, min(STRIP_ROWS, STRIP_PIXELS // w) // band) * band
     scale = -0.5 / sigma_colour ** 2
     with torch.inference_mode(), one_thread():
         for y0 in range(0, h, strip):

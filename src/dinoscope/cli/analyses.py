@@ -12,12 +12,12 @@ import typer
 from ..errors import InputError
 from . import options as o
 from .collections import is_collection, run as run_collection, run_one
-from .options import (BASIS, COLLECTION, EXTRACTION, INPUT, MODEL, CellOpt, CmapOpt, ImageArg, InputsArg, MaxLinesOpt,
-                      MethodOpt, Options, PatchOpt, PixelOpt, SeedOpt, TopKOpt, shared)
+from .options import (BASIS, COLLECTION, EXTRACTION, INPUT, MODEL, VIEW, CellOpt, CmapOpt, ImageArg, InputsArg,
+                      MaxLinesOpt, MethodOpt, Options, PatchOpt, PixelOpt, SeedOpt, TopKOpt, shared)
 from .output import check_pairs_path, save, stem, write_pairs
 
 
-@shared(*EXTRACTION, *COLLECTION)
+@shared(*EXTRACTION, *VIEW, *COLLECTION)
 def norms(
     images: InputsArg = None, cmap: CmapOpt = "inferno",
     alpha: Annotated[float, typer.Option(help="Blend the map over the photo with this opacity (0 = map only).")] = 0.0,
@@ -29,7 +29,7 @@ def norms(
     run_one("norms", images, dict(cmap=cmap, alpha=alpha), opts)
 
 
-@shared(*EXTRACTION, *BASIS, *COLLECTION)
+@shared(*EXTRACTION, *VIEW, *BASIS, *COLLECTION)
 def pca(
     images: InputsArg = None, cmap: CmapOpt = "viridis",
     components: Annotated[str, typer.Option(help="Three components for RGB (e.g. 1,2,3) or one for a single map.")] = "1,2,3",
@@ -55,7 +55,7 @@ def pca(
         typer.echo(f"wrote {opts.save_basis}")
 
 
-@shared(*EXTRACTION, *COLLECTION)
+@shared(*EXTRACTION, *VIEW, *COLLECTION)
 def similarity(
     images: InputsArg = None, cmap: CmapOpt = "turbo",
     patch: PatchOpt = None, cell: CellOpt = None, pixel: PixelOpt = None,
@@ -86,7 +86,8 @@ def similarity(
         query = feats.geometry.index(feats.geometry.rows // 2, feats.geometry.cols // 2)
     query_index(feats, query)  # out-of-range queries fail before any second forward pass
     timg, tfeats = extractor(target)
-    picture = similarity_view(tfeats, query, timg, query_features=feats, query_image=img, cmap=cmap, alpha=alpha)
+    picture = similarity_view(tfeats, query, timg, query_features=feats, query_image=img, cmap=cmap, alpha=alpha,
+                              upsample=o.upsampling(opts))
     save(picture, opts.out, f"{stem(image)}_to_{stem(target)}_similarity.png")
 
 
@@ -115,7 +116,7 @@ def match(
 DEMO_SOURCES = ["sample:chelsea", "sample:coffee", "sample:astronaut"]
 
 
-@shared(*EXTRACTION, *BASIS, *COLLECTION)
+@shared(*EXTRACTION, *VIEW, *BASIS, *COLLECTION)
 def run_all(
     context: typer.Context,
     images: InputsArg = None,
@@ -135,6 +136,7 @@ def run_all(
     image = images[0] if images else None
     if opts.basis is not None or opts.save_basis is not None:
         raise InputError("--pca-basis and --save-pca-basis on `all` are for collections; use `dinoscope pca` for one image")
+    upsample = o.upsampling(opts)  # bad values fail before the demo's model loads
     if image is None and _model_left_default(context):  # the demo: the only run that may fall back to random weights
         from ..models.loading import demo_backbone
 
@@ -144,7 +146,7 @@ def run_all(
     seen = dict(zip(wanted, o.extractor(opts).extract_many(wanted)))  # one batched pass per input size
     from ..jobs import Job
 
-    job = Job("all")  # each image's own PCA basis
+    job = Job("all", {"upsample": upsample})  # each image's own PCA basis
     for source in sources:
         for rel in job.write(opts.out, stem(source), *seen[source]):
             typer.echo(f"wrote {opts.out / rel}")
@@ -200,7 +202,7 @@ def layers(
     save(layers_view(feats, img, kind=show, cmap=cmap), opts.out, f"{stem(image)}_layers_{show}.png")
 
 
-@shared(*MODEL, *INPUT, "layer", "out")
+@shared(*MODEL, *INPUT, "layer", *VIEW, "out")
 def attention(
     image: ImageArg = None, cmap: CmapOpt = "inferno",
     patch: PatchOpt = None, cell: CellOpt = None, pixel: PixelOpt = None,
@@ -224,5 +226,5 @@ def attention(
     if att.registers.shape[-1]:
         per_head = ", ".join(f"{v:.0%}" for v in att.registers.sum(-1).tolist())
         typer.echo(f"register share per head: {per_head}")
-    save(attention_view(att, img, heads=heads, cmap=cmap, alpha=alpha), opts.out,
+    save(attention_view(att, img, heads=heads, cmap=cmap, alpha=alpha, upsample=o.upsampling(opts)), opts.out,
          f"{stem(image)}_attention_L{att.layer}.png")

@@ -11,7 +11,7 @@ import typer
 
 from ..errors import InputError
 from . import options as o
-from .options import BASIS, CACHE, COLLECTION, EXTRACTION, MODEL, Options, shared
+from .options import BASIS, CACHE, COLLECTION, EXTRACTION, MODEL, VIEW, Options, shared
 from .output import PhaseBars, stem
 
 MAX_FAILURES_SHOWN = 20
@@ -34,7 +34,7 @@ def run(kind: str, images: list[str], job_options: dict, opts: Options) -> int:
     items = expand_inputs(images, exclude=opts.out)
     if not items:
         raise InputError("the inputs name no images; give files, a folder, a glob or @LIST.txt")
-    job = Job(kind, job_options)
+    job = Job(kind, with_upsampling(job_options, opts))
     if opts.basis is not None:
         from ..analyses import PCABasis
 
@@ -56,6 +56,12 @@ def run(kind: str, images: list[str], job_options: dict, opts: Options) -> int:
     return summary.exit_code
 
 
+def with_upsampling(job_options: dict, opts: Options) -> dict:
+    """The job's options plus --upsample / --sharpen (only when not nearest, so default recipes stay as they were)."""
+    method = o.upsampling(opts)
+    return {**job_options, "upsample": method} if method != "nearest" else dict(job_options)
+
+
 def run_one(kind: str, images: list[str] | None, job_options: dict, opts: Options):
     """A single image (the default sample when none) through the collection runner's one-input path: prints
     "wrote PATH" for each output and returns the job (a PCA job keeps the basis it fitted)."""
@@ -64,7 +70,7 @@ def run_one(kind: str, images: list[str] | None, job_options: dict, opts: Option
 
     image = images[0] if images else None
     basis = PCABasis.load(opts.basis) if opts.basis is not None and kind in ("pca", "all") else None
-    job = Job(kind, job_options, basis=basis)
+    job = Job(kind, with_upsampling(job_options, opts), basis=basis)
     for path in run_single(image or o.DEFAULT_SAMPLE, stem(image), o.extractor(opts), job, opts.out):
         typer.echo(f"wrote {path}")
     return job
@@ -114,7 +120,8 @@ def extract(
                f"images/s ({extractor.forward_passes} computed, {hits} from the cache)")
 
 
-@shared(*MODEL, "resolution", "max_tokens", "layer", "prenorm", *CACHE, "out", *BASIS, "batch_size", "progress")
+@shared(*MODEL, "resolution", "max_tokens", "density", "tiles", "layer", "prenorm", *CACHE, "out", *BASIS, "batch_size",
+        "progress", *VIEW)
 def video(
     clip: Annotated[Path, typer.Argument(help="Video file (mp4, mkv, webm, mov, avi...).", show_default=False)],
     stride: Annotated[int, typer.Option(help="Use every Nth frame.")] = 1,
@@ -145,7 +152,7 @@ def video(
     bars = PhaseBars(opts.progress)
     try:
         result = run_video(clip, extractor, opts.out, stride=stride, max_frames=max_frames or None, query=query,
-                           basis=fitted, basis_path=opts.save_basis, progress=bars)
+                           basis=fitted, basis_path=opts.save_basis, progress=bars, upsample=o.upsampling(opts))
     finally:
         bars.close()
     for path in result.outputs:

@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import InputError
-from ..geometry import DEFAULT_MAX_PIXELS, DEFAULT_MAX_TOKENS
+from ..geometry import DEFAULT_MAX_PIXELS, DEFAULT_MAX_TOKENS, DENSITIES
 from ..models import DEFAULT_MODEL
 
 DEFAULT_SAMPLE = "sample:chelsea"
@@ -49,6 +49,10 @@ class Options:
     resolution: str = "native"
     max_tokens: int = DEFAULT_MAX_TOKENS
     max_pixels: int = DEFAULT_MAX_PIXELS
+    density: int = 1
+    tiles: bool = False
+    upsample: str = "nearest"
+    sharpen: bool = False
     layer: int = -1
     prenorm: bool = False
     no_cache: bool = False
@@ -76,6 +80,13 @@ FLAGS = dict(
     max_tokens=Annotated[int, typer.Option("--max-tokens", help="Downscale inputs above this many patches "
                                                                 "(0 = no limit).")],
     max_pixels=Annotated[int, typer.Option("--max-pixels", help="Refuse images with more pixels than this.")],
+    density=Annotated[int, typer.Option("--density", help="Grid cells per patch along each axis: 1 (the patch grid), "
+                                                          "2 or 4 (shift-and-stitch: density^2 passes, a denser grid).")],
+    tiles=Annotated[bool, typer.Option("--tiles", help="Full resolution in overlapping tiles of at most --max-tokens "
+                                                       "patches each, instead of downscaling a large photo.")],
+    upsample=Annotated[str, typer.Option("--upsample", help="How maps reach the photo's pixels: nearest (cells as "
+                                                            "squares), bilinear, or guided (edges follow the photo).")],
+    sharpen=Annotated[bool, typer.Option("--sharpen", help="Same as --upsample guided.")],
     layer=Annotated[int, typer.Option("--layer", help="Block to read (0-based; negative counts from the end).")],
     prenorm=Annotated[bool, typer.Option("--prenorm", help="Use the block output before the final norm.")],
     no_cache=Annotated[bool, typer.Option(
@@ -107,7 +118,8 @@ assert set(FLAGS) == {f.name for f in fields(Options)}
 
 # The usual sets of shared options.
 MODEL = ("model", "device", "dtype")
-INPUT = ("resolution", "max_tokens", "max_pixels")
+INPUT = ("resolution", "max_tokens", "max_pixels", "density", "tiles")
+VIEW = ("upsample", "sharpen")
 READ = ("layer", "prenorm")
 CACHE = ("no_cache", "cache_dir")
 EXTRACTION = MODEL + INPUT + READ + CACHE + ("out",)
@@ -194,6 +206,21 @@ def check_batch_size(opts: Options) -> None:
         raise InputError(f"--batch-size must be at least 1, got {opts.batch_size}")
 
 
+def upsampling(opts: Options) -> str:
+    """The --upsample method (--sharpen meaning guided); --density is checked too, so a command that loads a
+    model before building its extractor can call this first and fail before any model loads."""
+    from ..analyses.upsample import METHODS
+
+    if opts.density not in DENSITIES:
+        raise InputError(f"--density {opts.density} is not offered; use {', '.join(map(str, DENSITIES))}")
+    method = opts.upsample.strip().lower()
+    if method not in METHODS:
+        raise InputError(f"unknown --upsample {opts.upsample!r}; use {', '.join(METHODS)} (or --sharpen for guided)")
+    if opts.sharpen and method not in ("guided", "nearest"):
+        raise InputError(f"--sharpen means --upsample guided; drop one of --sharpen and --upsample {method}")
+    return "guided" if opts.sharpen else method
+
+
 def extractor(opts: Options):
     """The Extractor the options describe; an unusable device or dtype fails now, even when every image is cached."""
     from ..cache import FeatureCache, cache_disabled_by_env
@@ -202,9 +229,10 @@ def extractor(opts: Options):
     from ..models.loading import resolve_device, resolve_dtype
 
     policy = Resolution.parse(opts.resolution, max_tokens=opts.max_tokens or None)
+    upsampling(opts)
     resolve_device(opts.device)
     resolve_dtype(opts.dtype)
     off = opts.no_cache or (opts.cache_dir is None and cache_disabled_by_env())
     return Extractor(opts.model, device=opts.device, dtype=opts.dtype, resolution=policy, layer=opts.layer,
                      normed=not opts.prenorm, max_pixels=opts.max_pixels, cache=None if off else FeatureCache(opts.cache_dir),
-                     batch_size=opts.batch_size)
+                     batch_size=opts.batch_size, density=opts.density, tiles=opts.tiles)

@@ -1,0 +1,114 @@
+"""Denser grids, tiles and upsampling wired through extraction, the CLI and the views (issue 12, "everywhere")."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from dinoscope.cache import FeatureCache
+from dinoscope.dense import shift_and_stitch
+from dinoscope.features import Extractor, forward_tokens, preprocess
+from dinoscope.geometry import Geometry, Resolution
+from dinoscope.images import load_image
+from test_cli import assert_clean_failure, cli  # noqa: F401  (the fixture)
+
+
+def test_dense_features_from_the_extractor_equal_shift_and_stitch(tiny_backbone):
+    image = load_image("sample:coffee").resize((150, 100))
+    feats = Extractor(tiny_backbone, density=2)(image)[1]
+    native, _ = Geometry.for_image(150, 100, 16, Resolution())
+    pixels = preprocess(image, native, tiny_backbone.mean, tiny_backbone.std)
+    last = tiny_backbone.num_layers - 1
+    dense, [(cls_t, regs, patches)] = shift_and_stitch(lambda x: forward_tokens(tiny_backbone, x, [last], True),
+                                                       pixels, native, 2)
+    assert feats.geometry == dense and feats.geometry.density == 2 and feats.geometry.grid == (12, 18)
+    torch.testing.assert_close(feats.patches, patches)
+    torch.testing.assert_close(feats.cls, cls_t)
+    torch.testing.assert_close(feats.registers, regs)
+    assert feats.extra == {"density": 2, "pad": "replicate"}
+
+
+def test_every_analysis_reads_a_dense_grid(tiny_backbone):
+    from dinoscope.analyses import Pixel, match_patches, similarity_map
+    from dinoscope.views import norms_view, pca_view, similarity_view
+
+    image = load_image("sample:coffee").resize((150, 100))
+    feats = Extractor(tiny_backbone, density=4)(image)[1]
+    g = feats.geometry
+    assert g.grid == (24, 36) and g.cell_size == 4
+    x, y = 61.0, 37.0  # a click lands on the 4-pixel cell under it, not on its 16-pixel patch
+    assert g.patch_at(x, y) == g.index(9, 15)
+    sims = similarity_map(feats, Pixel(x, y))
+    assert sims.shape == (24, 36) and sims[9, 15] == pytest.approx(1.0)
+    for picture in (norms_view(feats, image), pca_view(feats, upsample="guided", guide=image),
+                    similarity_view(feats, Pixel(x, y), image, upsample="guided")):
+        assert picture.size == (150, 100)
+    other = Extractor(tiny_backbone, density=2)(load_image("sample:chelsea").resize((100, 80)))[1]
+    assert len(match_patches(Extractor(tiny_backbone, density=2)(image)[1], other, "mnn")) > 0
+
+
+def test_tiles_keep_full_resolution_within_the_budget(tiny_backbone):
+    image = load_image("sample:coffee").resize((320, 160))  # 10 x 20 = 200 patches, budget 64
+    tiled = Extractor(tiny_backbone, resolution=Resolution(max_tokens=64), tiles=True)(image)[1]
+    squeezed = Extractor(tiny_backbone, resolution=Resolution(max_tokens=64))(image)[1]
+    assert tiled.geometry.grid == (10, 20) and squeezed.geometry.num_patches <= 64
+    assert tiled.extra == {"density": 1, "tiles": {"tile": 8, "overlap": 2}}
+
+
+def test_cache_keys_differ_by_density_tiles_and_not_for_the_plain_grid(tiny_backbone, tmp_path):
+    image = load_image("sample:coffee").resize((96, 64))
+    keys = {(d, t): Extractor(tiny_backbone, density=d, tiles=t).cache_key(image) for d in (1, 2, 4) for t in (0, 1)}
+    assert len({k.digest for k in keys.values()}) == 6
+    assert keys[(1, False)].sampling == ""  # entries of plain extraction made before these settings stay valid
+    cache = FeatureCache(tmp_path)
+    first = Extractor(tiny_backbone, density=2, cache=cache)
+    a = first(image)[1]
+    again = Extractor(tiny_backbone, density=2, cache=cache)
+    b = again(image)[1]
+    assert again.forward_passes == 0 and b.geometry.density == 2 and b.extra["density"] == 2
+    torch.testing.assert_close(a.patches, b.patches)
+
+
+def test_attention_on_a_dense_grid_says_what_to_do(tiny_backbone):
+    from dinoscope.errors import InputError
+
+    with pytest.raises(InputError, match="drop --density"):
+        Extractor(tiny_backbone, density=2).attention(load_image("sample:coffee").resize((64, 48)))
+
+
+def test_cli_density_upsample_tiles(cli, tiny_model_dir, tmp_path):
+    out = tmp_path / "o"
+    common = ["--model", tiny_model_dir, "--out", out, "--device", "cpu", "--resolution", "short:96"]
+    r = cli("norms", "sample:coffee", *common, "--density", "2", "--upsample", "guided")
+    assert r.returncode == 0, r.stderr
+    assert cli("pca", "sample:coffee", *common, "--sharpen").returncode == 0
+    assert cli("similarity", "sample:coffee", *common, "--density", "4", "--pixel", "300,200",
+               "--upsample", "bilinear").returncode == 0
+    assert cli("extract", "sample:coffee", *common, "--density", "2").returncode == 0
+    for name in ("coffee_norms.png", "coffee_pca.png", "coffee_similarity.png"):
+        with Image.open(out / name) as im:
+            assert im.size == (600, 400), name
+    with safe_open(str(out / "coffee.safetensors"), "pt") as f:
+        geometry = json.loads(f.metadata()["geometry"])
+        assert geometry["density"] == 2 and f.get_tensor("patches").shape[:2] == (geometry["rows"], geometry["cols"])
+        assert json.loads(f.metadata()["extra"])["density"] == 2
+    tiles_out = tmp_path / "t"
+    r = cli("extract", "sample:coffee", "--model", tiny_model_dir, "--out", tiles_out, "--tiles", "--max-tokens", "100")
+    assert r.returncode == 0, r.stderr
+    with safe_open(str(tiles_out / "coffee.safetensors"), "pt") as f:
+        assert f.get_tensor("patches").shape[:2] == (25, 37)  # 600x400 at full resolution, tiles of 10x10 patches
+
+
+@pytest.mark.parametrize("args,word", [
+    (["norms", "--density", "3"], "density"),
+    (["pca", "--upsample", "bicubic"], "upsample"),
+    (["similarity", "--sharpen", "--upsample", "bilinear"], "sharpen"),
+    (["attention", "--density", "2"], "density"),
+])
+def test_bad_sharpening_options_fail_before_the_model_loads(args, word, cli, tmp_path):
+    out = tmp_path / "out"
+    result = cli(*args, "--model", tmp_path / "no-such-model", "--out", out)
+    assert_clean_failure(result, word)
+    assert not out.exists() or not any(out.iterdir())
