@@ -112,3 +112,30 @@ def test_bad_sharpening_options_fail_before_the_model_loads(args, word, cli, tmp
     result = cli(*args, "--model", tmp_path / "no-such-model", "--out", out)
     assert_clean_failure(result, word)
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_explorer_click_on_a_dense_grid_queries_the_dense_cell(tiny_model_dir, tmp_path):
+    import numpy as np
+
+    from dinoscope.analyses import Pixel
+    from dinoscope.ui import callbacks, state
+    from dinoscope.views import similarity_view
+
+    engine = state.Engine(tiny_model_dir, device="cpu", disk_cache=False, workdir=tmp_path)
+    try:
+        session, _, _ = callbacks.load_sample(engine, state.Session(), "coffee", "A")
+        settings = callbacks.Settings(engine.default_label, "short:224", -1, *callbacks.detail("density 2, sharpened"))
+        session, picture, message = callbacks.similarity(engine, session, settings, "A", 301, 157)
+        feats = engine.features(engine.default_label, session.slots["A"], "short:224", -1, 2)
+        g = feats.geometry
+        assert g.density == 2 and "cell (density 2)" in message
+        index = g.patch_at(301, 157)
+        assert f"{index} (row {index // g.cols}, col {index % g.cols})" in message
+        expected = similarity_view(feats, Pixel(301, 157), session.slots["A"].image, upsample="guided")
+        assert np.array_equal(np.asarray(picture), np.asarray(expected))
+        _, message = callbacks.attention(engine, session, settings, "A")  # read on the patch grid, said so
+        assert "patch grid" in message
+        plain = engine.features(engine.default_label, session.slots["A"], "short:224", -1)
+        assert plain.geometry.density == 1 and engine.forward_passes == 3  # dense, attention, plain: density is in the key
+    finally:
+        engine.close()

@@ -21,7 +21,7 @@ from ..analyses import CLS, PCABasis, Pixel, query_index
 from ..errors import DinoscopeError, InputError
 from ..files import write_text
 from ..views import attention_view, matches_view, norms_view, pca_view, similarity_view
-from .state import CMAPS, OTHER, SAME, SLOTS, Engine, Session, Slot
+from .state import CMAPS, DETAIL_CHOICES, OTHER, SAME, SLOTS, Engine, Session, Slot
 
 log = logging.getLogger("dinoscope")
 
@@ -31,6 +31,24 @@ class Settings:
     model: str
     resolution: str = "native"
     layer: int = -1
+    density: int = 1
+    sharpen: bool = False
+
+    @property
+    def upsample(self) -> str:
+        return "guided" if self.sharpen else "nearest"
+
+
+def detail(label: str) -> tuple[int, bool]:
+    """(density, sharpen) of a Detail choice."""
+    for name, density, sharpen in DETAIL_CHOICES:
+        if name == label:
+            return density, sharpen
+    raise InputError(f"unknown detail {label!r}; choose one from the list")
+
+
+def _features(engine: Engine, settings: Settings, slot: Slot):
+    return engine.features(settings.model, slot, settings.resolution, settings.layer, settings.density)
 
 
 def _set_slot(session: Session | None, name: str, slot: Slot) -> Session:
@@ -51,7 +69,7 @@ def _loaded(engine: Engine, session, slot: str, s: Slot, what: str, settings: Se
     if settings is not None:
         started = time.perf_counter()
         try:
-            feats = engine.features(settings.model, s, settings.resolution, settings.layer)
+            feats = _features(engine, settings, s)
             message += (f" (features ready in {time.perf_counter() - started:.1f} s; weights {feats.model} at "
                         f"revision {feats.revision[:12]})")
         except DinoscopeError as exc:  # the image is loaded all the same; the message says why no features yet
@@ -80,7 +98,7 @@ def similarity(engine: Engine, session: Session, settings: Settings, slot: str, 
     _check_cmap(cmap)
     alpha = _unit(alpha, "opacity")
     source = session.slot(slot)
-    feats = engine.features(settings.model, source, settings.resolution, settings.layer)
+    feats = _features(engine, settings, source)
     if x is None:
         query, where = CLS, "the CLS token"
     else:
@@ -89,17 +107,18 @@ def similarity(engine: Engine, session: Session, settings: Settings, slot: str, 
         query = Pixel(float(x), float(y))
         index = query_index(feats, query)
         row, col = divmod(index, g.cols)
-        where = f"pixel ({int(x)}, {int(y)}) = patch {index} (row {row}, col {col}){note}"
+        cell = "patch" if g.density == 1 else f"cell (density {g.density})"
+        where = f"pixel ({int(x)}, {int(y)}) = {cell} {index} (row {row}, col {col}){note}"
     session.query = (slot, x, y)
     if target == OTHER:
         other = "B" if slot == "A" else "A"
         dest = session.slot(other)
-        tfeats = engine.features(settings.model, dest, settings.resolution, settings.layer)
+        tfeats = _features(engine, settings, dest)
         picture = similarity_view(tfeats, query, dest.image, query_features=feats, query_image=source.image,
-                                  cmap=cmap, alpha=alpha)
+                                  cmap=cmap, alpha=alpha, upsample=settings.upsample)
         over = f"image {other}"
     else:
-        picture = similarity_view(feats, query, source.image, cmap=cmap, alpha=alpha)
+        picture = similarity_view(feats, query, source.image, cmap=cmap, alpha=alpha, upsample=settings.upsample)
         over = f"image {slot}"
     ms = (time.perf_counter() - started) * 1000
     return session, picture, f"similarity to {where} of image {slot}, over {over} ({ms:.0f} ms)"
@@ -121,9 +140,10 @@ def pca(engine: Engine, session: Session, settings: Settings, *, components="1,2
     _check_cmap(cmap)
     picked = _components(components)
     names = ["A", "B"] if both else ["A"]
-    feats = [engine.features(settings.model, session.slot(n), settings.resolution, settings.layer) for n in names]
+    feats = [_features(engine, settings, session.slot(n)) for n in names]
     basis = PCABasis.fit(feats, max(3, max(picked) + 1), foreground_only=bool(foreground))
-    pictures = [pca_view(f, basis, components=picked, cmap=cmap) for f in feats]
+    pictures = [pca_view(f, basis, components=picked, cmap=cmap, upsample=settings.upsample, guide=session.slot(n).image)
+                for f, n in zip(feats, names)]
     picture = pictures[0] if len(pictures) == 1 else render.side_by_side(pictures, gap=8)
     what = "components " + ",".join(str(c + 1) for c in picked)
     return picture, f"PCA {what} of image{'s A and B (one basis)' if both else ' A'}" + (
@@ -134,8 +154,9 @@ def norms(engine: Engine, session: Session, settings: Settings, slot: str = "A",
           alpha: float = 0.0):
     _check_cmap(cmap)
     s = session.slot(slot)
-    feats = engine.features(settings.model, s, settings.resolution, settings.layer)
-    return norms_view(feats, s.image, cmap=cmap, alpha=_unit(alpha, "opacity")), f"feature norms of image {slot}"
+    feats = _features(engine, settings, s)
+    return (norms_view(feats, s.image, cmap=cmap, alpha=_unit(alpha, "opacity"), upsample=settings.upsample),
+            f"feature norms of image {slot}")
 
 
 def attention(engine: Engine, session: Session, settings: Settings, slot: str = "A", *, heads: bool = True,
@@ -145,14 +166,16 @@ def attention(engine: Engine, session: Session, settings: Settings, slot: str = 
     s = session.slot(slot)
     query = CLS
     if session.query and session.query[0] == slot and session.query[1] is not None:
-        feats = engine.features(settings.model, s, settings.resolution, settings.layer)
-        query = query_index(feats, Pixel(float(session.query[1]), float(session.query[2])))
+        # attention is read from one pass on the patch grid whatever the density: the click names its patch
+        query = Pixel(float(session.query[1]), float(session.query[2]))
     att = engine.attention(settings.model, s, settings.resolution, settings.layer, query)
     shares = att.shares()
     who = "CLS" if att.query < 0 else f"patch {att.query}"
     message = (f"attention of {who} in block {att.layer} of image {slot}: {shares['patches']:.1%} to patches, "
                f"{shares['registers']:.1%} to registers, {shares['cls']:.1%} to CLS")
-    return attention_view(att, s.image, heads=bool(heads), cmap=cmap), message
+    if settings.density != 1:
+        message += " (attention is on the patch grid: one pass, not the shifted ones)"
+    return attention_view(att, s.image, heads=bool(heads), cmap=cmap, upsample=settings.upsample), message
 
 
 def matching(engine: Engine, session: Session, settings: Settings, *, method: str = "hungarian", top_k: int = 50,
@@ -161,10 +184,10 @@ def matching(engine: Engine, session: Session, settings: Settings, *, method: st
         raise InputError(f"unknown matching method {method!r}; use hungarian or mnn")
     _check_cmap(cmap)
     a, b = session.slot("A"), session.slot("B")
-    fa = engine.features(settings.model, a, settings.resolution, settings.layer)
-    fb = engine.features(settings.model, b, settings.resolution, settings.layer)
-    key = (engine.key(settings.model, a, settings.resolution, settings.layer),
-           engine.key(settings.model, b, settings.resolution, settings.layer), method)
+    fa = _features(engine, settings, a)
+    fb = _features(engine, settings, b)
+    key = (engine.key(settings.model, a, settings.resolution, settings.layer, settings.density),
+           engine.key(settings.model, b, settings.resolution, settings.layer, settings.density), method)
     cached = session.matches[1] if session.matches and session.matches[0] == key else None
     picture, found = matches_view(fa, fb, a.image, b.image, method=method, top_k=max(0, int(top_k)), cmap=cmap,
                                   matches=cached)
@@ -183,7 +206,7 @@ def downloads(engine: Engine, session: Session, settings: Settings) -> tuple[lis
         s = session.slots.get(name)
         if s is None:
             continue
-        feats = engine.features(settings.model, s, settings.resolution, settings.layer)
+        feats = _features(engine, settings, s)
         paths.append(os.fspath(feats.save(folder / f"{name}_{s.label}.safetensors")))
     if session.matches is not None:
         paths.append(os.fspath(write_text(session.matches[1].to_csv(), folder / "matches.csv")))

@@ -12,7 +12,7 @@ import gradio as gr
 from ..images import SAMPLES
 from . import callbacks as cb
 from ..models import DEFAULT_MODEL
-from .state import CMAPS, OTHER, RESOLUTIONS, SAME, SLOTS, Engine, Session, _delete_session
+from .state import CMAPS, DETAILS, OTHER, RESOLUTIONS, SAME, SLOTS, Engine, Session, _delete_session
 
 PICTURE_BUTTONS = ["download", "fullscreen"]
 
@@ -28,6 +28,7 @@ def _header(engine: Engine, w: SimpleNamespace) -> None:
         w.model = gr.Dropdown(list(engine.models), value=engine.default_label, label="Model", elem_id="model")
         w.resolution = gr.Dropdown(RESOLUTIONS, value="native", label="Resolution", elem_id="resolution")
         w.layer = gr.Number(value=-1, precision=0, label="Layer (-1 = last)", elem_id="layer")
+        w.detail = gr.Dropdown(DETAILS, value=DETAILS[0], label="Detail (denser grid, sharpened maps)", elem_id="detail")
     w.status = gr.Textbox(label="Status", interactive=False, elem_id="status", max_lines=2)
 
 
@@ -119,11 +120,11 @@ class _Wiring:
 
     def __init__(self, engine: Engine, w: SimpleNamespace):
         self.engine, self.w = engine, w
-        self.common = [w.model, w.resolution, w.layer]
+        self.common = [w.model, w.resolution, w.layer, w.detail]
         self.upload_root = os.environ.get("GRADIO_TEMP_DIR") or os.path.join(tempfile.gettempdir(), "gradio")
 
-    def settings(self, model_label, resolution, layer) -> cb.Settings:
-        return cb.Settings(model_label, resolution, self.engine.layer(layer))
+    def settings(self, model_label, resolution, layer, detail=DETAILS[0]) -> cb.Settings:
+        return cb.Settings(model_label, resolution, self.engine.layer(layer), *cb.detail(detail))
 
     def guarded(self, fn, n_out, photo=False):
         """Run a callback; on error keep every output as it was and show the message."""
@@ -134,32 +135,32 @@ class _Wiring:
                 return tuple(gr.skip() for _ in range(n_out)) + (cb._message(exc),)
         return run
 
-    def similarity(self, sess, n, x, y, m, r, l, tgt, a, c):
-        return cb.similarity(self.engine, sess, self.settings(m, r, l), n, x, y, target=tgt, alpha=a, cmap=c)
+    def similarity(self, sess, n, x, y, m, r, l, d, tgt, a, c):
+        return cb.similarity(self.engine, sess, self.settings(m, r, l, d), n, x, y, target=tgt, alpha=a, cmap=c)
 
     def images(self) -> None:
         w, e, s = self.w, self.engine, self.settings
         for name in SLOTS:
             outputs = [w.session, w.displays[name], w.status]
-            w.pickers[name].input(self.guarded(lambda sess, sample, m, r, l, n=name: cb.load_sample(
-                e, sess, sample, n, s(m, r, l)), 2, True), [w.session, w.pickers[name], *self.common], outputs,
+            w.pickers[name].input(self.guarded(lambda sess, sample, m, r, l, d, n=name: cb.load_sample(
+                e, sess, sample, n, s(m, r, l, d)), 2, True), [w.session, w.pickers[name], *self.common], outputs,
                 concurrency_limit=4, api_name=f"sample_{name.lower()}")
-            w.uploads[name].upload(self.guarded(lambda sess, path, m, r, l, n=name: cb.load_upload(
-                e, sess, path, n, self.upload_root, s(m, r, l)), 2, True), [w.session, w.uploads[name], *self.common],
+            w.uploads[name].upload(self.guarded(lambda sess, path, m, r, l, d, n=name: cb.load_upload(
+                e, sess, path, n, self.upload_root, s(m, r, l, d)), 2, True), [w.session, w.uploads[name], *self.common],
                 outputs, concurrency_limit=4, api_name=f"upload_{name.lower()}")
             if name in w.urls:
-                w.urls[name].submit(self.guarded(lambda sess, url, m, r, l, n=name: cb.load_url(
-                    e, sess, url, n, s(m, r, l)), 2, True), [w.session, w.urls[name], *self.common], outputs,
+                w.urls[name].submit(self.guarded(lambda sess, url, m, r, l, d, n=name: cb.load_url(
+                    e, sess, url, n, s(m, r, l, d)), 2, True), [w.session, w.urls[name], *self.common], outputs,
                     concurrency_limit=2)
             self.clicks(name)
 
     def clicks(self, name: str) -> None:
         w = self.w
 
-        def on_select(sess, m, r, l, tgt, a, c, evt, n=name):
+        def on_select(sess, m, r, l, d, tgt, a, c, evt, n=name):
             try:
                 x, y = evt.index[0], evt.index[1]
-                return cb.deliver(self.engine, sess, self.similarity(sess, n, x, y, m, r, l, tgt, a, c))
+                return cb.deliver(self.engine, sess, self.similarity(sess, n, x, y, m, r, l, d, tgt, a, c))
             except Exception as exc:  # noqa: BLE001
                 return gr.skip(), gr.skip(), cb._message(exc)
 
@@ -171,51 +172,51 @@ class _Wiring:
         w = self.w
         inputs, outputs = [w.session, *self.common, w.target, w.alpha, w.sim_cmap], [w.session, w.sim_out, w.status]
         for name, button in w.cls.items():
-            button.click(self.guarded(lambda sess, m, r, l, tgt, a, c, n=name: self.similarity(
-                sess, n, None, None, m, r, l, tgt, a, c), 2), inputs, outputs, concurrency_limit=4)
+            button.click(self.guarded(lambda sess, m, r, l, d, tgt, a, c, n=name: self.similarity(
+                sess, n, None, None, m, r, l, d, tgt, a, c), 2), inputs, outputs, concurrency_limit=4)
 
-        def redraw(sess, m, r, l, tgt, a, c):
+        def redraw(sess, m, r, l, d, tgt, a, c):
             """Opacity/colormap/target changed: redraw the last query (nothing to do before a click)."""
             if not isinstance(sess, Session) or sess.query is None:
                 return gr.skip(), gr.skip(), gr.skip()
             n, x, y = sess.query
-            return self.similarity(sess, n, x, y, m, r, l, tgt, a, c)
+            return self.similarity(sess, n, x, y, m, r, l, d, tgt, a, c)
 
         for widget in (w.alpha, w.sim_cmap, w.target):
             widget.change(self.guarded(redraw, 2), inputs, outputs, concurrency_limit=4, show_progress="hidden")
-        w.api_btn.click(self.guarded(lambda sess, n, x, y, m, r, l, tgt, a, c: self.similarity(
-            sess, n, x, y, m, r, l, tgt, a, c), 2), [w.session, w.api_slot, w.api_x, w.api_y, *inputs[1:]], outputs,
+        w.api_btn.click(self.guarded(lambda sess, n, x, y, m, r, l, d, tgt, a, c: self.similarity(
+            sess, n, x, y, m, r, l, d, tgt, a, c), 2), [w.session, w.api_slot, w.api_x, w.api_y, *inputs[1:]], outputs,
             api_name="similarity_at", concurrency_limit=4)
 
     def other_tabs(self) -> None:
         w, e, s, common = self.w, self.engine, self.settings, [self.w.session, *self.common]
-        w.pca_btn.click(self.guarded(lambda sess, m, r, l, cs, f, b, c: cb.pca(
-            e, sess, s(m, r, l), components=cs, foreground=f, both=b, cmap=c), 1),
+        w.pca_btn.click(self.guarded(lambda sess, m, r, l, d, cs, f, b, c: cb.pca(
+            e, sess, s(m, r, l, d), components=cs, foreground=f, both=b, cmap=c), 1),
             [*common, w.comps, w.fg, w.both, w.pca_cmap], [w.pca_out, w.status], api_name="pca", concurrency_limit=4)
-        w.norm_btn.click(self.guarded(lambda sess, m, r, l, n, a, c: cb.norms(
-            e, sess, s(m, r, l), n, cmap=c, alpha=a), 1),
+        w.norm_btn.click(self.guarded(lambda sess, m, r, l, d, n, a, c: cb.norms(
+            e, sess, s(m, r, l, d), n, cmap=c, alpha=a), 1),
             [*common, w.norm_slot, w.norm_alpha, w.norm_cmap], [w.norm_out, w.status], api_name="norms",
             concurrency_limit=4)
-        w.att_btn.click(self.guarded(lambda sess, m, r, l, n, h: cb.attention(e, sess, s(m, r, l), n, heads=h), 1),
+        w.att_btn.click(self.guarded(lambda sess, m, r, l, d, n, h: cb.attention(e, sess, s(m, r, l, d), n, heads=h), 1),
                         [*common, w.att_slot, w.att_heads], [w.att_out, w.status], api_name="attention",
                         concurrency_limit=2)
-        match = self.guarded(lambda sess, m, r, l, me, k: cb.matching(e, sess, s(m, r, l), method=me, top_k=k), 2)
-        rematch = self.guarded(lambda sess, m, r, l, me, k: cb.matching(e, sess, s(m, r, l), method=me, top_k=k)
+        match = self.guarded(lambda sess, m, r, l, d, me, k: cb.matching(e, sess, s(m, r, l, d), method=me, top_k=k), 2)
+        rematch = self.guarded(lambda sess, m, r, l, d, me, k: cb.matching(e, sess, s(m, r, l, d), method=me, top_k=k)
                                if isinstance(sess, Session) and sess.matches else (gr.skip(), gr.skip(), gr.skip()), 2)
         match_io = ([*common, w.method, w.top_k], [w.session, w.match_out, w.status])
         w.match_btn.click(match, *match_io, api_name="match", concurrency_limit=2)
         w.top_k.release(rematch, *match_io, concurrency_limit=2)
-        w.dl_btn.click(self.guarded(lambda sess, m, r, l: cb.downloads(e, sess, s(m, r, l)), 1), common,
+        w.dl_btn.click(self.guarded(lambda sess, m, r, l, d: cb.downloads(e, sess, s(m, r, l, d)), 1), common,
                        [w.dl_files, w.status], concurrency_limit=2)
 
     def model_choice(self) -> None:
-        def on_model(sess, m, r, l):
+        def on_model(sess, m, r, l, d):
             """Load the chosen model at once, so a missing one is reported in the page (the app keeps working)."""
             started = time.perf_counter()
             self.engine.backbone(m)
             return f"model {m} ready ({time.perf_counter() - started:.1f} s)"
 
-        self.w.model.input(lambda sess, m, r, l: cb._try(on_model, sess, m, r, l), [self.w.session, *self.common],
+        self.w.model.input(lambda sess, m, r, l, d: cb._try(on_model, sess, m, r, l, d), [self.w.session, *self.common],
                            [self.w.status], concurrency_limit=1)
 
 

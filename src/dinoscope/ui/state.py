@@ -35,6 +35,10 @@ from ..models.registry import MODELS, lookup
 log = logging.getLogger("dinoscope")
 
 RESOLUTIONS = ["native", "short:224", "short:448", "short:768", "long:512", "long:1024"]
+# Grid density and how maps reach the photo's pixels: (label, density, sharpened by guided upsampling)
+DETAIL_CHOICES = [("patch grid", 1, False), ("patch grid, sharpened", 1, True), ("density 2", 2, False),
+                  ("density 2, sharpened", 2, True), ("density 4", 4, False), ("density 4, sharpened", 4, True)]
+DETAILS = [label for label, _, _ in DETAIL_CHOICES]
 CMAPS = ["turbo", "viridis", "inferno", "magma", "plasma", "coolwarm", "jet", "gray"]
 SLOTS = ("A", "B")
 SAME, OTHER = "same image", "the other image"
@@ -211,12 +215,13 @@ class Engine:
             raise InputError(f"the layer must be a whole number, not {value!r}")
         return layer
 
-    def key(self, label: str, slot: Slot, resolution: str, layer) -> tuple:
-        return (self.source(label), slot.digest, resolution, self.layer(layer))
+    def key(self, label: str, slot: Slot, resolution: str, layer, density: int = 1) -> tuple:
+        return (self.source(label), slot.digest, resolution, self.layer(layer)) + ((density,) if density != 1 else ())
 
-    def features(self, label: str, slot: Slot, resolution: str, layer=-1):
-        """Features of one image, from the LRU when seen before; else one forward pass under the model lock."""
-        key = self.key(label, slot, resolution, layer)
+    def features(self, label: str, slot: Slot, resolution: str, layer=-1, density: int = 1):
+        """Features of one image, from the LRU when seen before; else one forward pass under the model lock
+        (density^2 shifted passes for a denser grid)."""
+        key = self.key(label, slot, resolution, layer, density)
         hit = self._lookup(self._features, key)
         if hit is not None:
             return hit
@@ -232,7 +237,7 @@ class Engine:
             if self.disk_cache is not None:
                 kwargs["cache"] = self.disk_cache
             extractor = Extractor(backbone, resolution=self.resolution(resolution), layer=key[3], max_pixels=None,
-                                  **kwargs)
+                                  density=density, **kwargs)
             _, features = extractor(slot.image)
             self.forward_passes += 1
         self._store(self._features, key, features, features.patches.numel() * 4)
