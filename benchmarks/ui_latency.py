@@ -79,13 +79,15 @@ def main() -> None:
     with served(model, device="cpu", warm=False) as (app, url):
         client = Client(url, verbose=False)
         label = app.dinoscope_engine.default_label
-        client.predict(handle_file(str(photo)), label, "native", -1, api_name="/upload_a")
-        client.predict("A", 320, 240, label, "native", -1, ui.SAME, 0.55, "turbo", api_name="/similarity_at")
+        client.predict(handle_file(str(photo)), label, "native", -1, "patch grid", api_name="/upload_a")
+        client.predict("A", 320, 240, label, "native", -1, "patch grid", ui.SAME, 0.55, "turbo",
+                       api_name="/similarity_at")
         http_ms = []
         for _ in range(args.clicks):
             x, y = rng.uniform(0, 639), rng.uniform(0, 479)
             t = time.perf_counter()
-            client.predict("A", x, y, label, "native", -1, ui.SAME, 0.55, "turbo", api_name="/similarity_at")
+            client.predict("A", x, y, label, "native", -1, "patch grid", ui.SAME, 0.55, "turbo",
+                           api_name="/similarity_at")
             http_ms.append((time.perf_counter() - t) * 1000)
         assert app.dinoscope_engine.forward_passes == 1
         p = percentiles(http_ms)

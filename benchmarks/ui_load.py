@@ -55,7 +55,7 @@ def main() -> None:
 
     with served(model, device="cpu") as (app, url):
         label = app.dinoscope_engine.default_label
-        common = (label, "native", -1)
+        common = (label, "native", -1, "patch grid")
         start = time.monotonic()
         stop_at = start + args.seconds
 

@@ -80,7 +80,8 @@ def test_hub_id_hits_without_loading_and_keys_on_the_snapshot_commit(offline_hub
 def test_every_key_part_changes_the_key():
     base = _key()
     changes = dict(model="other", revision="r2", patch_size=14, image="cd" * 32, resolution="short:768",
-                   max_tokens=None, layer=5, normed=False, dtype="bfloat16")
+                   max_tokens=None, layer=5, normed=False, dtype="bfloat16",
+                   sampling="density=2;pad=replicate;tiles=no")
     digests = {base.digest}
     for field in dataclasses.fields(CacheKey):
         digests.add(dataclasses.replace(base, **{field.name: changes[field.name]}).digest)

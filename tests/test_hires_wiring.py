@@ -78,7 +78,7 @@ def test_attention_on_a_dense_grid_says_what_to_do(tiny_backbone):
         Extractor(tiny_backbone, density=2).attention(load_image("sample:coffee").resize((64, 48)))
 
 
-def test_cli_density_upsample_tiles(cli, tiny_model_dir, tmp_path):
+def test_cli_density_upsample_tiles(cli, tiny_model_dir, tmp_path):  # noqa: F811
     out = tmp_path / "o"
     common = ["--model", tiny_model_dir, "--out", out, "--device", "cpu", "--resolution", "short:96"]
     r = cli("norms", "sample:coffee", *common, "--density", "2", "--upsample", "guided")
@@ -107,7 +107,7 @@ def test_cli_density_upsample_tiles(cli, tiny_model_dir, tmp_path):
     (["similarity", "--sharpen", "--upsample", "bilinear"], "sharpen"),
     (["attention", "--density", "2"], "density"),
 ])
-def test_bad_sharpening_options_fail_before_the_model_loads(args, word, cli, tmp_path):
+def test_bad_sharpening_options_fail_before_the_model_loads(args, word, cli, tmp_path):  # noqa: F811
     out = tmp_path / "out"
     result = cli(*args, "--model", tmp_path / "no-such-model", "--out", out)
     assert_clean_failure(result, word)
@@ -124,7 +124,8 @@ def test_explorer_click_on_a_dense_grid_queries_the_dense_cell(tiny_model_dir, t
     engine = state.Engine(tiny_model_dir, device="cpu", disk_cache=False, workdir=tmp_path)
     try:
         session, _, _ = callbacks.load_sample(engine, state.Session(), "coffee", "A")
-        settings = callbacks.Settings(engine.default_label, "short:224", -1, *callbacks.detail("density 2, sharpened"))
+        detail = callbacks.detail("density 2, sharpened")
+        settings = callbacks.Settings(engine.default_label, "short:224", -1, *detail)
         session, picture, message = callbacks.similarity(engine, session, settings, "A", 301, 157)
         feats = engine.features(engine.default_label, session.slots["A"], "short:224", -1, 2)
         g = feats.geometry

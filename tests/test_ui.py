@@ -338,7 +338,8 @@ def test_guarded_wrapper_keeps_outputs_and_reports(engine):
     assert isinstance(app, gr.Blocks) and app.dinoscope_engine is engine
     fns = {getattr(b, "api_name", None): b for b in app.fns.values()}
     assert {"similarity_at", "pca", "norms", "attention", "match"} <= set(fns)
-    result = fns["pca"].fn(ui.Session(), engine.default_label, "native", -1, "1,2,3", False, False, "viridis")
+    result = fns["pca"].fn(ui.Session(), engine.default_label, "native", -1, "patch grid", "1,2,3", False, False,
+                           "viridis")
     assert result[-1].startswith("error: load image A first")
 
 

@@ -222,7 +222,7 @@ def _settings(extractor) -> dict:
         source = os.path.abspath(os.fspath(source))
     return dict(model=source, device=extractor.device, dtype=extractor.dtype, resolution=extractor.resolution,
                 layer=extractor.layer, normed=extractor.normed, max_pixels=extractor.max_pixels,
-                batch_size=extractor.batch_size)
+                batch_size=extractor.batch_size, density=extractor.sampling.density, tiles=extractor.sampling.tiles)
 
 
 def _reraise(exc: BaseException):

@@ -88,7 +88,8 @@ def joint_bilateral(grid: np.ndarray, photo: np.ndarray, *, sigma_space: float =
     out = np.empty((h, w, channels), np.float32) if out is None else out
     means = np.asarray(Image.fromarray(photo).resize((cols, rows), Image.Resampling.BOX), np.float32) / 255
     # channel-first (3 + C, rows, cols): one gather per neighbour fetches colour and value
-    cells = torch.from_numpy(np.concatenate([means, np.asarray(grid, np.float32)], axis=2)).permute(2, 0, 1).contiguous()
+    cells = np.concatenate([means, np.asarray(grid, np.float32)], axis=2)
+    cells = torch.from_numpy(cells).permute(2, 0, 1).contiguous()
     col_idx, col_w = _neighbours(w, cols, reach, sigma_space)
     row_idx, row_w = _neighbours(h, rows, reach, sigma_space)
     band = h // rows if h % rows == 0 else 1  # pixel rows sharing their neighbour cells' row
@@ -106,9 +107,9 @@ def joint_bilateral(grid: np.ndarray, photo: np.ndarray, *, sigma_space: float =
             # the strip's cell rows expanded to pixel columns once per column offset: gathers along
             # the last axis are slow in torch, along the middle one they copy whole rows
             wide = [cells[:, first:int(row_idx[-1][y1 - 1]) + 1].index_select(2, ci) for ci in col_idx]
-            for ri, rw in zip(row_idx, row_w):
+            for ri, rw in zip(row_idx, row_w, strict=True):
                 rw = rw[y0:y1].view(*shape[:2], 1)
-                for expanded, cw in zip(wide, col_w):
+                for expanded, cw in zip(wide, col_w, strict=True):
                     near = expanded.index_select(1, ri[y0:y1:band] - first)[:, :, None]  # broadcast over the band
                     torch.sub(colours[0], near[0], out=wgt).square_()
                     for c in (1, 2):

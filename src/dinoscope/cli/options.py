@@ -81,7 +81,7 @@ FLAGS = dict(
                                                                 "(0 = no limit).")],
     max_pixels=Annotated[int, typer.Option("--max-pixels", help="Refuse images with more pixels than this.")],
     density=Annotated[int, typer.Option("--density", help="Grid cells per patch along each axis: 1 (the patch grid), "
-                                                          "2 or 4 (shift-and-stitch: density^2 passes, a denser grid).")],
+                                                          "2 or 4 (shift-and-stitch: density^2 passes).")],
     tiles=Annotated[bool, typer.Option("--tiles", help="Full resolution in overlapping tiles of at most --max-tokens "
                                                        "patches each, instead of downscaling a large photo.")],
     upsample=Annotated[str, typer.Option("--upsample", help="How maps reach the photo's pixels: nearest (cells as "

@@ -142,8 +142,8 @@ def pca(engine: Engine, session: Session, settings: Settings, *, components="1,2
     names = ["A", "B"] if both else ["A"]
     feats = [_features(engine, settings, session.slot(n)) for n in names]
     basis = PCABasis.fit(feats, max(3, max(picked) + 1), foreground_only=bool(foreground))
-    pictures = [pca_view(f, basis, components=picked, cmap=cmap, upsample=settings.upsample, guide=session.slot(n).image)
-                for f, n in zip(feats, names)]
+    pictures = [pca_view(f, basis, components=picked, cmap=cmap, upsample=settings.upsample,
+                         guide=session.slot(n).image) for f, n in zip(feats, names, strict=True)]
     picture = pictures[0] if len(pictures) == 1 else render.side_by_side(pictures, gap=8)
     what = "components " + ",".join(str(c + 1) for c in picked)
     return picture, f"PCA {what} of image{'s A and B (one basis)' if both else ' A'}" + (

@@ -28,7 +28,8 @@ def _header(engine: Engine, w: SimpleNamespace) -> None:
         w.model = gr.Dropdown(list(engine.models), value=engine.default_label, label="Model", elem_id="model")
         w.resolution = gr.Dropdown(RESOLUTIONS, value="native", label="Resolution", elem_id="resolution")
         w.layer = gr.Number(value=-1, precision=0, label="Layer (-1 = last)", elem_id="layer")
-        w.detail = gr.Dropdown(DETAILS, value=DETAILS[0], label="Detail (denser grid, sharpened maps)", elem_id="detail")
+        w.detail = gr.Dropdown(DETAILS, value=DETAILS[0], label="Detail (denser grid, sharpened maps)",
+                               elem_id="detail")
     w.status = gr.Textbox(label="Status", interactive=False, elem_id="status", max_lines=2)
 
 
@@ -146,7 +147,8 @@ class _Wiring:
                 e, sess, sample, n, s(m, r, l, d)), 2, True), [w.session, w.pickers[name], *self.common], outputs,
                 concurrency_limit=4, api_name=f"sample_{name.lower()}")
             w.uploads[name].upload(self.guarded(lambda sess, path, m, r, l, d, n=name: cb.load_upload(
-                e, sess, path, n, self.upload_root, s(m, r, l, d)), 2, True), [w.session, w.uploads[name], *self.common],
+                e, sess, path, n, self.upload_root, s(m, r, l, d)), 2, True),
+                [w.session, w.uploads[name], *self.common],
                 outputs, concurrency_limit=4, api_name=f"upload_{name.lower()}")
             if name in w.urls:
                 w.urls[name].submit(self.guarded(lambda sess, url, m, r, l, d, n=name: cb.load_url(
@@ -197,7 +199,8 @@ class _Wiring:
             e, sess, s(m, r, l, d), n, cmap=c, alpha=a), 1),
             [*common, w.norm_slot, w.norm_alpha, w.norm_cmap], [w.norm_out, w.status], api_name="norms",
             concurrency_limit=4)
-        w.att_btn.click(self.guarded(lambda sess, m, r, l, d, n, h: cb.attention(e, sess, s(m, r, l, d), n, heads=h), 1),
+        w.att_btn.click(self.guarded(lambda sess, m, r, l, d, n, h: cb.attention(e, sess, s(m, r, l, d), n,
+                                                                                 heads=h), 1),
                         [*common, w.att_slot, w.att_heads], [w.att_out, w.status], api_name="attention",
                         concurrency_limit=2)
         match = self.guarded(lambda sess, m, r, l, d, me, k: cb.matching(e, sess, s(m, r, l, d), method=me, top_k=k), 2)
