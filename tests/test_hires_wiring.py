@@ -140,3 +140,19 @@ def test_explorer_click_on_a_dense_grid_queries_the_dense_cell(tiny_model_dir, t
         assert plain.geometry.density == 1 and engine.forward_passes == 3  # dense, attention, plain: density is in the key
     finally:
         engine.close()
+
+
+def test_a_collection_takes_density_and_upsampling(cli, tiny_model_dir, tmp_path):  # noqa: F811
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, size in (("a.png", (120, 90)), ("b.png", (100, 70))):
+        load_image("sample:coffee").resize(size).save(folder / name)
+    out = tmp_path / "o"
+    r = cli("norms", folder, "--model", tiny_model_dir, "--out", out, "--density", "2", "--sharpen")
+    assert r.returncode == 0, r.stderr
+    for name, size in (("a_norms.png", (120, 90)), ("b_norms.png", (100, 70))):
+        with Image.open(out / name) as im:
+            assert im.size == size
+    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    grids = {r["source"].rsplit("/", 1)[-1]: r["grid"] for r in records if r.get("status") == "ok"}
+    assert grids == {"a.png": [10, 14], "b.png": [8, 12]}  # 5x7 and 4x6 patches, two cells per patch each way

@@ -17,6 +17,8 @@ tried first: fed the blurred bilinear map it only halved the edge error, while t
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 from PIL import Image
@@ -78,7 +80,7 @@ def joint_bilateral(grid: np.ndarray, photo: np.ndarray, *, sigma_space: float =
     pixel's side of an edge outweigh the cells across it, so the map's edge moves onto the
     photo's. Written in row strips into `out` (h, w, C) float32.
 
-    Exact, in torch, in place. Per neighbour offset (dy, dx) the neighbour cells of a strip's
+    Exact, in torch, in place, strips spread over the CPU threads. Per neighbour offset (dy, dx) the neighbour cells of a strip's
     pixels are gathered colour and value channels together. When every cell row spans the same
     number of pixel rows (native resolution, dense grids) all pixel rows of a cell row share their
     neighbour row, so the gather is done once per cell row and broadcast over its pixel rows.
@@ -94,34 +96,43 @@ def joint_bilateral(grid: np.ndarray, photo: np.ndarray, *, sigma_space: float =
     row_idx, row_w = _neighbours(h, rows, reach, sigma_space)
     band = h // rows if h % rows == 0 else 1  # pixel rows sharing their neighbour cells' row
     strip = max(1, min(STRIP_ROWS, STRIP_PIXELS // w) // band) * band
-    scale = -0.5 / sigma_colour ** 2
-    with torch.inference_mode(), one_thread():
-        for y0 in range(0, h, strip):
-            y1 = min(h, y0 + strip)
-            shape = ((y1 - y0) // band, band, w)  # (bands, pixel rows per band, w)
-            colours = torch.from_numpy(photo[y0:y1].transpose(2, 0, 1).astype(np.float32)).div_(255).view(3, *shape)
-            total = torch.zeros(channels, *shape)
-            weight = torch.zeros(shape)
-            wgt, diff = torch.empty(shape), torch.empty(shape)
-            first = int(row_idx[0][y0])
-            # the strip's cell rows expanded to pixel columns once per column offset: gathers along
-            # the last axis are slow in torch, along the middle one they copy whole rows
-            wide = [cells[:, first:int(row_idx[-1][y1 - 1]) + 1].index_select(2, ci) for ci in col_idx]
-            for ri, rw in zip(row_idx, row_w, strict=True):
-                rw = rw[y0:y1].view(*shape[:2], 1)
-                for expanded, cw in zip(wide, col_w, strict=True):
-                    near = expanded.index_select(1, ri[y0:y1:band] - first)[:, :, None]  # broadcast over the band
-                    torch.sub(colours[0], near[0], out=wgt).square_()
-                    for c in (1, 2):
-                        torch.sub(colours[c], near[c], out=diff)
-                        wgt.addcmul_(diff, diff)
-                    wgt.mul_(scale).exp_().add_(RANGE_FLOOR).mul_(rw).mul_(cw)
-                    for c in range(channels):
-                        total[c].addcmul_(near[3 + c], wgt)
-                    weight += wgt
-            total /= weight.clamp_min_(1e-30)
-            out[y0:y1] = total.view(channels, y1 - y0, w).permute(1, 2, 0).numpy()
+    strips = [(y0, min(h, y0 + strip)) for y0 in range(0, h, strip)]
+    context = (cells, photo, out, row_idx, row_w, col_idx, col_w, band, -0.5 / sigma_colour ** 2)
+    workers = min(len(strips), torch.get_num_threads())
+    # strips are independent: each thread runs whole strips with one-thread torch ops (which release the GIL),
+    # so the cores share out strips instead of every small op being split across them
+    with one_thread(), ThreadPoolExecutor(workers) as pool:
+        list(pool.map(lambda span: _strip(*span, *context), strips))
     return out
+
+
+def _strip(y0: int, y1: int, cells, photo, out, row_idx, row_w, col_idx, col_w, band: int, scale: float) -> None:
+    """Rows y0..y1 of the joint bilateral upsampling, written into `out` (see `joint_bilateral`)."""
+    channels, w = cells.shape[0] - 3, photo.shape[1]
+    shape = ((y1 - y0) // band, band, w)  # (bands, pixel rows per band, w)
+    with torch.inference_mode():
+        colours = torch.from_numpy(photo[y0:y1].transpose(2, 0, 1).astype(np.float32)).div_(255).view(3, *shape)
+        total = torch.zeros(channels, *shape)
+        weight = torch.zeros(shape)
+        wgt, diff = torch.empty(shape), torch.empty(shape)
+        first = int(row_idx[0][y0])
+        # the strip's cell rows expanded to pixel columns once per column offset: gathers along
+        # the last axis are slow in torch, along the middle one they copy whole rows
+        wide = [cells[:, first:int(row_idx[-1][y1 - 1]) + 1].index_select(2, ci) for ci in col_idx]
+        for ri, rw in zip(row_idx, row_w, strict=True):
+            rw = rw[y0:y1].view(*shape[:2], 1)
+            for expanded, cw in zip(wide, col_w, strict=True):
+                near = expanded.index_select(1, ri[y0:y1:band] - first)[:, :, None]  # broadcast over the band
+                torch.sub(colours[0], near[0], out=wgt).square_()
+                for c in (1, 2):
+                    torch.sub(colours[c], near[c], out=diff)
+                    wgt.addcmul_(diff, diff)
+                wgt.mul_(scale).exp_().add_(RANGE_FLOOR).mul_(rw).mul_(cw)
+                for c in range(channels):
+                    total[c].addcmul_(near[3 + c], wgt)
+                weight += wgt
+        total /= weight.clamp_min_(1e-30)
+        out[y0:y1] = total.view(channels, y1 - y0, w).permute(1, 2, 0).numpy()
 
 
 def _neighbours(n_pixels: int, n_cells: int, reach: int, sigma: float) -> tuple[list, list]:
