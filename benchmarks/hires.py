@@ -57,7 +57,8 @@ def run_case(model: str, size: str, case: str, device: str) -> dict:
         start = time.perf_counter()
         upsample(grid, geometry, photo, method="guided")
         seconds = time.perf_counter() - start
-        return {"seconds": seconds, "peak": rss_mb(), "base": base, "note": "3 channels, joint bilateral"}
+        return {"seconds": seconds, "peak": rss_mb(), "base": base,
+                "note": f"3 channels, joint bilateral, torch, strips over {torch.get_num_threads()} threads"}
     backbone = load_model(f"random:{model}", device=device)
     pixels = preprocess(photo, geometry, backbone.mean, backbone.std).to(backbone.device)
     forward = lambda x: forward_tokens(backbone, x, [backbone.num_layers - 1], True)
