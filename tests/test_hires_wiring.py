@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -115,8 +116,6 @@ def test_bad_sharpening_options_fail_before_the_model_loads(args, word, cli, tmp
 
 
 def test_explorer_click_on_a_dense_grid_queries_the_dense_cell(tiny_model_dir, tmp_path):
-    import numpy as np
-
     from dinoscope.analyses import Pixel
     from dinoscope.ui import callbacks, state
     from dinoscope.views import similarity_view
@@ -137,7 +136,8 @@ def test_explorer_click_on_a_dense_grid_queries_the_dense_cell(tiny_model_dir, t
         _, message = callbacks.attention(engine, session, settings, "A")  # read on the patch grid, said so
         assert "patch grid" in message
         plain = engine.features(engine.default_label, session.slots["A"], "short:224", -1)
-        assert plain.geometry.density == 1 and engine.forward_passes == 3  # dense, attention, plain: density is in the key
+        assert plain.geometry.density == 1
+        assert engine.forward_passes == 3  # dense, attention, plain: the density is part of the engine's key
     finally:
         engine.close()
 
@@ -156,3 +156,14 @@ def test_a_collection_takes_density_and_upsampling(cli, tiny_model_dir, tmp_path
     records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     grids = {r["source"].rsplit("/", 1)[-1]: r["grid"] for r in records if r.get("status") == "ok"}
     assert grids == {"a.png": [10, 14], "b.png": [8, 12]}  # 5x7 and 4x6 patches, two cells per patch each way
+
+
+def test_notebook_extract_at_density_draws_sharpened_over_its_own_photo(tiny_backbone):
+    import dinoscope as ds
+
+    image = load_image("sample:chelsea").resize((128, 96))
+    feats = ds.extract(tiny_backbone, image, density=2)
+    assert feats.geometry.grid == (12, 16) and "cells of 8 px (density 2" in repr(feats)
+    sharp = ds.pca_view(feats, upsample="guided")  # guided by the photo the Features carry
+    assert sharp.size == (128, 96)
+    assert not np.array_equal(np.asarray(sharp), np.asarray(ds.pca_view(feats)))

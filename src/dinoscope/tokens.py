@@ -45,7 +45,7 @@ class Features:
         g = self.geometry
         where = f", image {g.image_size[0]}x{g.image_size[1]}" if self.image is not None else ""
         return (f"Features({self.model or 'model'!r}, layer {self.layer}{'' if self.normed else ' pre-norm'}, "
-                f"{g.rows}x{g.cols} patches of {g.patch_size} px, dim {self.dim}, {self.registers.shape[0]} registers"
+                f"{g.rows}x{g.cols} {_cells(g)}, dim {self.dim}, {self.registers.shape[0]} registers"
                 f"{where})")
 
     @property
@@ -130,3 +130,9 @@ def split_row(weights, num_registers: int, geometry, *, query: int = -1, layer: 
         raise ValueError(f"{weights.shape[1]} attention weights for 1 + {r} + {geometry.num_patches} tokens")
     return Attention(weights[:, 0], weights[:, 1:1 + r], weights[:, 1 + r:].reshape(h, geometry.rows, geometry.cols),
                      geometry, query, layer, model)
+
+
+def _cells(geometry) -> str:
+    if geometry.density == 1:
+        return f"patches of {geometry.patch_size} px"
+    return f"cells of {geometry.cell_size} px (density {geometry.density}, {geometry.patch_size}-px patches)"

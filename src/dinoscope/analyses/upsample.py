@@ -80,10 +80,11 @@ def joint_bilateral(grid: np.ndarray, photo: np.ndarray, *, sigma_space: float =
     pixel's side of an edge outweigh the cells across it, so the map's edge moves onto the
     photo's. Written in row strips into `out` (h, w, C) float32.
 
-    Exact, in torch, in place, strips spread over the CPU threads. Per neighbour offset (dy, dx) the neighbour cells of a strip's
-    pixels are gathered colour and value channels together. When every cell row spans the same
-    number of pixel rows (native resolution, dense grids) all pixel rows of a cell row share their
-    neighbour row, so the gather is done once per cell row and broadcast over its pixel rows.
+    Exact, in torch, in place, strips spread over the CPU threads. Per neighbour offset (dy, dx)
+    the neighbour cells of a strip's pixels are gathered colour and value channels together. When
+    every cell row spans the same number of pixel rows (native resolution, dense grids) all pixel
+    rows of a cell row share their neighbour row, so the gather is done once per cell row and
+    broadcast over its pixel rows.
     """
     rows, cols, channels = grid.shape
     h, w = photo.shape[:2]
