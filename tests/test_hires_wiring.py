@@ -167,3 +167,18 @@ def test_notebook_extract_at_density_draws_sharpened_over_its_own_photo(tiny_bac
     sharp = ds.pca_view(feats, upsample="guided")  # guided by the photo the Features carry
     assert sharp.size == (128, 96)
     assert not np.array_equal(np.asarray(sharp), np.asarray(ds.pca_view(feats)))
+
+
+def test_attention_panels_upsampled_together_equal_one_by_one(tiny_backbone):
+    from dinoscope import render
+    from dinoscope.analyses import attention_map, minmax
+    from dinoscope.views import attention_view, painted
+
+    image = load_image("sample:coffee").resize((96, 64))
+    attention = Extractor(tiny_backbone).attention_weights(image)
+    together = attention_view(attention, image, upsample="guided", alpha=1.0, columns=1)
+    alone = painted(minmax(attention_map(attention, 2)), attention.geometry,
+                    lambda v: render.colorize(v, "inferno", 0.0, 1.0), upsample="guided", guide=image)
+    panel = np.asarray(together)[3 * (64 + 16 + 4) + 16:][:64]  # the fourth panel (head 2), below its caption
+    outlined = np.asarray(render.outline_patch(alone, attention.geometry, attention.query))
+    np.testing.assert_array_equal(panel, outlined)

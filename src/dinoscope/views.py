@@ -50,7 +50,19 @@ def painted(values, geometry, colour, *, upsample: str = "nearest", guide=None) 
     if upsample == "nearest":
         return render.place(colour(values), geometry)
     full = upsampled(render.as_numpy(values), geometry, guide, method=upsample)
-    outside = np.isnan(full) if full.ndim == 2 else np.isnan(full).any(-1)
+    return _coloured(full, np.isnan(full) if full.ndim == 2 else np.isnan(full).any(-1), colour)
+
+
+def painted_maps(maps, geometry, colour, *, upsample: str = "nearest", guide=None) -> list[Image.Image]:
+    """`painted` for several single-channel maps of one grid: upsampled together (guided weights computed once)."""
+    if upsample == "nearest":
+        return [render.place(colour(values), geometry) for values in maps]
+    full = upsampled(np.stack([render.as_numpy(v) for v in maps], axis=-1), geometry, guide, method=upsample)
+    outside = np.isnan(full[..., 0])
+    return [_coloured(full[..., i], outside, colour) for i in range(full.shape[-1])]
+
+
+def _coloured(full, outside, colour) -> Image.Image:
     picture = colour(np.nan_to_num(full))
     picture[outside] = 0
     return Image.fromarray(picture)
@@ -134,10 +146,10 @@ def attention_view(attention, image=FROM_FEATURES, *, heads: bool = True, cmap: 
     maps = [("mean of heads", attention_map(attention))]
     if heads:
         maps += [(f"head {h}", attention_map(attention, h)) for h in range(attention.heads)]
+    heats = painted_maps([minmax(values) for _, values in maps], g, lambda v: render.colorize(v, cmap, 0.0, 1.0),
+                         upsample=upsample, guide=_guide(image, attention))
     panels = []
-    for title, values in maps:
-        heat = painted(minmax(values), g, lambda v: render.colorize(v, cmap, 0.0, 1.0), upsample=upsample,
-                       guide=_guide(image, attention))
+    for (title, _), heat in zip(maps, heats, strict=True):
         picture = render.overlay(image, heat, alpha) if image is not None else heat
         panels.append(render.captioned(render.outline_patch(picture, g, attention.query), title))
     return finished(render.tile(panels, min(columns, len(panels)) if len(panels) > 1 else 1, gap=4), attention)
