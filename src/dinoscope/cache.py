@@ -103,6 +103,15 @@ class CacheKey:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
+def key_for(identity: tuple[str, str, int], digest: str, resolution, layer: int, normed: bool,
+            dtype: str) -> CacheKey:
+    """The key of an image (its `images.image_digest`) under extraction settings: the one place keys are
+    built, by the Extractor and by the torch-free cached rerun alike. `identity` is (source, revision,
+    patch size); `resolution` a geometry.Resolution; `dtype` a name such as "float32"."""
+    source, revision, patch = identity
+    return CacheKey(source, revision, patch, digest, str(resolution), resolution.max_tokens, layer, normed, dtype)
+
+
 class Cache(Protocol):
     """What the Extractor asks of a cache. `get` misses with None; `put` never raises for a full or
     read-only store (the cache steps aside, extraction goes on)."""
@@ -119,7 +128,9 @@ class FeatureCache:
     $DINOSCOPE_CACHE_SIZE such as "500M") bounds its size, 0 meaning "keep nothing".
     """
 
-    def __init__(self, folder: str | os.PathLike | None = None, *, max_bytes: int | str | None = None):
+    def __init__(self, folder: str | os.PathLike | None = None, *, max_bytes: int | str | None = None,
+                 framework: str = "pt"):
+        self.framework = framework  # "numpy": hits hold NumPy arrays and reading never imports torch
         self.folder = Path(folder).expanduser() if folder is not None else default_cache_dir()
         if max_bytes is None:
             max_bytes = os.environ.get("DINOSCOPE_CACHE_SIZE", "").strip() or DEFAULT_MAX_BYTES
@@ -140,7 +151,7 @@ class FeatureCache:
         """The cached Features for `key`, or None (missing, unreadable or not for this key)."""
         path = self.path(key)
         try:
-            features = Features.load(path)
+            features = Features.load(path, framework=self.framework)
         except InputError:
             if path.exists():
                 log.debug(f"ignoring the unreadable cache entry {path}")

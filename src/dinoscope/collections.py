@@ -27,16 +27,19 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
+from . import analyses
 from .analyses import PCABasis
-from .analyses.streaming import StreamingPCA
 from .cache import scratch_layer
 from .errors import DinoscopeError, ModelError
 from .files import clean_leftovers
 from .inputs import IMAGE_SUFFIXES, Item, expand_inputs, is_collection
 from .jobs import KINDS, BasisMismatch, Job
 from .manifest import MANIFEST, ManifestLog, explain, input_digest, log, read_manifest, why_redo
+
+if TYPE_CHECKING:
+    from .analyses.streaming import StreamingPCA
 
 BASIS_FILE = "pca_basis.safetensors"
 
@@ -266,7 +269,7 @@ def plan(out: Path, items: Sequence[Item], job: Job, previous: dict[str, dict], 
 
 def fit_basis(engine, items: Sequence[Item], job: Job, manifest: ManifestLog, progress=None) -> PCABasis:
     """The two streaming passes over the collection; failures of the first are recorded."""
-    accumulator = StreamingPCA(job.n_components)
+    accumulator = analyses.StreamingPCA(job.n_components)  # named here: streaming imports torch, a rerun need not
     for phase in ("fitting PCA", "PCA colour range"):
         chosen = [it for it in items if it.name not in manifest.failed]
         for done, record in enumerate(engine.map(chosen, job, accumulator), 1):

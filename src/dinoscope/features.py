@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from . import models
-from .cache import CacheKey
+from .cache import key_for
 from .geometry import Geometry, Resolution
 from .images import image_digest, load_image
 from .models import DEFAULT_MODEL, Backbone
@@ -215,11 +215,8 @@ class Extractor:
         identity = self._model_identity()
         if identity is None:
             return None
-        source, revision, patch = identity
         dtype = str(resolve_dtype(self.dtype)).removeprefix("torch.")
-        return CacheKey(source, revision, patch, digest or image_digest(image), str(self.resolution),
-                        self.resolution.max_tokens,
-                        self.layer, self.normed, dtype)
+        return key_for(identity, digest or image_digest(image), self.resolution, self.layer, self.normed, dtype)
 
     def __call__(self, source):
         """(RGB image, Features) of one source; `features(source)` gives the Features alone."""

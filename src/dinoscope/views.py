@@ -1,7 +1,8 @@
 """What each analysis looks like: Features in, finished RGB pictures (PIL images) out.
 
 The CLI, the reference-compatible scripts, the web explorer and notebooks all draw through
-these, so a picture is the same wherever it is made. Nothing here touches files. The photo
+these, so a picture is the same wherever it is made (norms, PCA and similarity without torch, for
+cached reruns; attention and matching load torch when drawn). Nothing here touches files. The photo
 is found on the Features (`features.image`, set by extraction) unless one is passed; pass
 `image=None` for a bare map.
 """
@@ -10,8 +11,8 @@ from __future__ import annotations
 
 from PIL import Image
 
-from . import render
-from .analyses import PCABasis, attention_map, match_patches, minmax, patch_norms, query_index, similarity_map
+from . import analyses, render
+from .analyses import PCABasis, minmax, patch_norms, query_index, similarity_map
 from .errors import InputError
 
 RANDOM_PREFIX = "random:"
@@ -84,7 +85,7 @@ def matches_view(features_a, features_b, image_a=FROM_FEATURES, image_b=FROM_FEA
     image_a, image_b = _photo(image_a, features_a), _photo(image_b, features_b)
     if image_a is None or image_b is None:
         raise InputError("matches_view draws over both photos: pass image_a and image_b, or Features that carry them")
-    matches = matches or match_patches(features_a, features_b, method)
+    matches = matches or analyses.match_patches(features_a, features_b, method)
     picture = render.draw_matches(image_a, image_b, matches, top_k=top_k, max_lines=max_lines, seed=seed, cmap=cmap,
                                   gap=8)
     return finished(picture, features_a, features_b), matches
@@ -99,9 +100,9 @@ def attention_view(attention, image=FROM_FEATURES, *, heads: bool = True, cmap: 
     """
     image = _photo(image, attention)
     g = attention.geometry
-    maps = [("mean of heads", attention_map(attention))]
+    maps = [("mean of heads", analyses.attention_map(attention))]
     if heads:
-        maps += [(f"head {h}", attention_map(attention, h)) for h in range(attention.heads)]
+        maps += [(f"head {h}", analyses.attention_map(attention, h)) for h in range(attention.heads)]
     panels = []
     for title, values in maps:
         heat = render.place(render.colorize(minmax(values), cmap, 0.0, 1.0), g)

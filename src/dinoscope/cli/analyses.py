@@ -80,7 +80,7 @@ def similarity(
         run_one("similarity", images, dict(cmap=cmap, alpha=alpha, query=query), opts)
         return
     image = images[0] if images else None
-    extractor = o.extractor(opts)
+    extractor = o.reader(opts)
     img, feats = extractor(image or o.DEFAULT_SAMPLE)
     if query is None:
         query = feats.geometry.index(feats.geometry.rows // 2, feats.geometry.cols // 2)
@@ -141,7 +141,9 @@ def run_all(
         opts = dataclasses.replace(opts, model=demo_backbone(device=opts.device, dtype=opts.dtype))
     sources = [image] if image is not None else DEMO_SOURCES
     wanted = sources + ([match_with] if match_with and match_with not in sources else [])
-    seen = dict(zip(wanted, o.extractor(opts).extract_many(wanted)))  # one batched pass per input size
+    matching = bool(match_with) or image is None  # matching works on torch tensors: only drawing runs cache-first
+    read = o.extractor(opts) if matching else o.reader(opts)
+    seen = dict(zip(wanted, read.extract_many(wanted)))  # one batched pass per input size
     from ..jobs import Job
 
     job = Job("all")  # each image's own PCA basis

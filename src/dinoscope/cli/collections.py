@@ -65,7 +65,7 @@ def run_one(kind: str, images: list[str] | None, job_options: dict, opts: Option
     image = images[0] if images else None
     basis = PCABasis.load(opts.basis) if opts.basis is not None and kind in ("pca", "all") else None
     job = Job(kind, job_options, basis=basis)
-    for path in run_single(image or o.DEFAULT_SAMPLE, stem(image), o.extractor(opts), job, opts.out):
+    for path in run_single(image or o.DEFAULT_SAMPLE, stem(image), o.reader(opts), job, opts.out):
         typer.echo(f"wrote {path}")
     return job
 

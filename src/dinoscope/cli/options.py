@@ -208,3 +208,19 @@ def extractor(opts: Options):
     return Extractor(opts.model, device=opts.device, dtype=opts.dtype, resolution=policy, layer=opts.layer,
                      normed=not opts.prenorm, max_pixels=opts.max_pixels, cache=None if off else FeatureCache(opts.cache_dir),
                      batch_size=opts.batch_size)
+
+
+def reader(opts: Options):
+    """What a single-image command reads features through: with the disk cache on, a CachedReader (images all
+    in the cache are read and drawn without importing torch), else the Extractor itself. A device other than
+    auto or cpu goes to the Extractor, which checks it now even when every image is cached."""
+    from ..cache import FeatureCache, cache_disabled_by_env
+    from ..cached import CachedReader
+    from ..geometry import Resolution
+
+    off = opts.no_cache or (opts.cache_dir is None and cache_disabled_by_env())
+    if off or str(opts.device).lower() not in ("auto", "cpu"):
+        return extractor(opts)
+    policy = Resolution.parse(opts.resolution, max_tokens=opts.max_tokens or None)
+    return CachedReader(opts.model, resolution=policy, layer=opts.layer, normed=not opts.prenorm, dtype=opts.dtype,
+                        max_pixels=opts.max_pixels, cache=FeatureCache(opts.cache_dir), fallback=lambda: extractor(opts))

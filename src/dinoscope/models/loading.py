@@ -13,7 +13,6 @@ from pathlib import Path
 
 from ..errors import ModelError
 from . import timm_config
-from .adapters import adapter_for
 from .registry import DEFAULT_MODEL, IMAGENET_MEAN, IMAGENET_STD, MODELS, SAT_MEAN, SAT_STD, lookup
 
 DEMO_RANDOM_MODEL = "random:vitb16"
@@ -49,6 +48,9 @@ class Backbone:
     @property
     def adapter(self):
         """The family's adapter (models.adapters): the one way extraction reads tokens and attention."""
+        # imported on use: the adapters need torch, and identifying a cached model (`identify`) must not
+        from .adapters import adapter_for
+
         return adapter_for(self.module, self.kind, source=self.source, num_registers=self.num_registers,
                            patch_size=self.patch_size)
 
@@ -96,15 +98,17 @@ def resolve_device(device: str | None = "auto"):
 def resolve_dtype(dtype):
     import torch
 
-    if isinstance(dtype, torch.dtype):
-        name = str(dtype).removeprefix("torch.")
-    else:
-        name = str(dtype or "float32").lower()
+    return getattr(torch, dtype_name(dtype))
+
+
+def dtype_name(dtype) -> str:
+    """"float32" or "bfloat16" for a dtype name or torch dtype, without importing torch (cache keys need it)."""
+    name = str(dtype or "float32").lower().removeprefix("torch.")
     if name in ("float16", "fp16", "half"):
         raise ModelError("float16 is not offered: DINOv3 overflows in fp16; use --dtype bfloat16 or float32")
     if name not in DTYPES:
         raise ModelError(f"unknown dtype {dtype!r}; use float32 or bfloat16")
-    return getattr(torch, DTYPES[name])
+    return DTYPES[name]
 
 
 def load_model(source: str | os.PathLike = DEFAULT_MODEL, *, device: str | None = "auto", dtype="float32",
