@@ -51,7 +51,7 @@ def run_lines(lines: list[list[str]], tmp_path: Path) -> dict:
     script = tmp_path / "run_lines.py"
     script.write_text(RUNNER)
     done = subprocess.run([sys.executable, str(script), json.dumps(lines)], capture_output=True, text=True,
-                          env=cli_env(PYTHONPATH=str(SRC)), timeout=600)
+                          env=cli_env(PYTHONPATH=str(SRC)), timeout=600, check=False)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -63,8 +63,10 @@ def pictures(folder: Path) -> dict[str, np.ndarray]:
 def test_cached_reruns_draw_the_torch_pictures_without_importing_torch(tiny_model_dir, tmp_path):
     cache, model = tmp_path / "cache", str(tiny_model_dir)
     # the torch path: a forward pass for every picture (no cache), and one run that fills the cache
-    reference = [[*c, "-m", model, "--no-cache", "-o", str(tmp_path / "torch" / str(i))] for i, c in enumerate(COMMANDS)]
-    fill = [["all", img, "-m", model, "--cache-dir", str(cache), "-o", str(tmp_path / "fill")] for img in (IMAGE, OTHER)]
+    reference = [[*c, "-m", model, "--no-cache", "-o", str(tmp_path / "torch" / str(i))]
+                 for i, c in enumerate(COMMANDS)]
+    fill = [["all", img, "-m", model, "--cache-dir", str(cache), "-o", str(tmp_path / "fill")]
+            for img in (IMAGE, OTHER)]
     cold = run_lines(fill + reference, tmp_path)
     assert cold["codes"] == [0] * len(fill + reference) and cold["torch"]
 

@@ -12,6 +12,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
@@ -20,6 +21,9 @@ from safetensors.numpy import save_file
 from .errors import InputError
 from .files import atomic_path
 from .geometry import Geometry
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -73,7 +77,8 @@ class Features:
     def save(self, path: str | os.PathLike) -> Path:
         """Write a .safetensors file: keys cls, registers, patches; geometry and provenance in the metadata."""
         # written from NumPy: the same bytes as safetensors.torch writes for float32, without importing torch
-        tensors = {"cls": _as_array(self.cls), "registers": _as_array(self.registers), "patches": _as_array(self.patches)}
+        tensors = {"cls": _as_array(self.cls), "registers": _as_array(self.registers),
+                   "patches": _as_array(self.patches)}
         with atomic_path(path) as tmp:
             save_file(tensors, os.fspath(tmp), metadata=self.metadata())
         return Path(path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
@@ -14,6 +15,9 @@ from ..errors import InputError
 from ..files import atomic_path
 from .arrays import as_array, is_tensor, like
 from .threads import one_blas_thread
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
