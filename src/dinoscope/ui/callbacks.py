@@ -7,6 +7,7 @@ message in the page and leaves the rest of the page as it was. No Gradio here.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import tempfile
@@ -17,7 +18,7 @@ from pathlib import Path
 from PIL import Image
 
 from .. import render
-from ..analyses import CLS, PCABasis, Pixel, query_index
+from ..analyses import CLS, PCABasis, Pixel, query_index, similarity_map
 from ..errors import DinoscopeError, InputError
 from ..files import write_text
 from ..views import attention_view, matches_view, norms_view, pca_view, similarity_view
@@ -40,16 +41,23 @@ def _set_slot(session: Session | None, name: str, slot: Slot) -> Session:
     session.slots[name] = slot
     if session.query and session.query[0] == name:
         session.query = None
+        session.views.discard("similarity")
     session.matches = None
     return session
 
 
-def _loaded(engine: Engine, session, slot: str, s: Slot, what: str, settings: Settings | None):
-    """Put the image in the session; with settings, run its forward pass now so the first click is instant."""
+def _loaded(engine: Engine, session, slot: str, s: Slot, what: str, settings: Settings | None, report=None):
+    """Put the image in the session; with settings, run its forward pass now so the first click is instant.
+
+    `report(fraction, text)`, when given, hears about the slow part (the page shows it as progress)."""
     session = _set_slot(session, slot, s)
-    message = f"image {slot}: {what} ({s.image.width}x{s.image.height}); click on it"
+    message = f"image {slot}: {what} ({s.image.width}x{s.image.height}); click on it or point at it"
+    if s.notice:
+        message += f" ({s.notice})"
     if settings is not None:
         started = time.perf_counter()
+        if report is not None:
+            report(0.1, f"image {slot}: computing features ({settings.model})")
         try:
             feats = engine.features(settings.model, s, settings.resolution, settings.layer)
             message += (f" (features ready in {time.perf_counter() - started:.1f} s; weights {feats.model} at "
@@ -59,18 +67,90 @@ def _loaded(engine: Engine, session, slot: str, s: Slot, what: str, settings: Se
     return session, s.image, message
 
 
-def load_sample(engine: Engine, session, name: str, slot: str = "A", settings: Settings | None = None):
-    return _loaded(engine, session, slot, engine.load_sample(name), f"sample {name}", settings)
+def load_sample(engine: Engine, session, name: str, slot: str = "A", settings: Settings | None = None, report=None):
+    return _loaded(engine, session, slot, engine.load_sample(name), f"sample {name}", settings, report)
 
 
-def load_upload(engine: Engine, session, path, slot: str = "A", allowed_root=None, settings: Settings | None = None):
+def load_upload(engine: Engine, session, path, slot: str = "A", allowed_root=None, settings: Settings | None = None,
+                report=None):
     s = engine.load_upload(path, allowed_root)
-    return _loaded(engine, session, slot, s, s.label, settings)
+    return _loaded(engine, session, slot, s, s.label, settings, report)
 
 
-def load_url(engine: Engine, session, url: str, slot: str = "A", settings: Settings | None = None):
+def load_url(engine: Engine, session, url: str, slot: str = "A", settings: Settings | None = None, report=None):
     s = engine.load_url(url)
-    return _loaded(engine, session, slot, s, s.label, settings)
+    return _loaded(engine, session, slot, s, s.label, settings, report)
+
+
+def live_data(engine: Engine, session: Session, settings: Settings) -> dict:
+    """What the page's overlay needs per image: its grid and the file of unit features (see `Engine.live`).
+
+    None for an empty slot or one whose features failed (the page then draws nothing over it)."""
+    out: dict = {"model": settings.model, "resolution": settings.resolution, "layer": settings.layer}
+    for name in SLOTS:
+        s = session.slots.get(name)
+        out[name] = None
+        if s is None:
+            continue
+        try:
+            feats = engine.features(settings.model, s, settings.resolution, settings.layer)
+        except DinoscopeError:
+            continue
+        tag = hashlib.sha1(repr(engine.key(settings.model, s, settings.resolution, settings.layer)).encode())
+        out[name] = engine.live(feats, engine.session_folder(session), f"{name}-{tag.hexdigest()[:16]}")
+    return out
+
+
+def query_overlay(engine: Engine, session: Session, settings: Settings, target: str = SAME) -> dict | None:
+    """The last query as the page's overlay draws it: the query cell (None for CLS), the image the map goes
+    over, and the map's values when that image's features are too large to be sent (server-side fallback)."""
+    if session.query is None:
+        return None
+    slot, x, y = session.query
+    dest = slot if target != OTHER else ("B" if slot == "A" else "A")
+    if session.slots.get(dest) is None:
+        return None
+    feats = engine.features(settings.model, session.slot(slot), settings.resolution, settings.layer)
+    query = CLS if x is None else Pixel(float(x), float(y))
+    cell = None if x is None else list(divmod(query_index(feats, query), feats.geometry.cols))
+    out = {"slot": slot, "target": dest, "cell": cell, "sims": None}
+    tfeats = feats if dest == slot else engine.features(settings.model, session.slot(dest), settings.resolution,
+                                                        settings.layer)
+    if tfeats.flat.numel() * 2 > engine.live_max_bytes:
+        sims = similarity_map(tfeats, query, query_features=None if dest == slot else feats)
+        out["sims"] = [round(float(v), 4) for v in sims.flatten().tolist()]
+    return out
+
+
+def redraw(session: Session, drawers: dict, only=None) -> tuple[dict, list[str]]:
+    """Redraw every open view ({name: draw() -> (picture, message)}); a view that fails is cleared.
+
+    Returns ({name: picture or None}, messages); views never drawn are left out."""
+    pictures, messages = {}, []
+    for name, draw in drawers.items():
+        if name not in session.views or (only is not None and name not in only):
+            continue
+        try:
+            pictures[name], message = draw()
+            messages.append(message)
+        except DinoscopeError as exc:
+            pictures[name] = None
+            messages.append(f"{name}: {exc}")
+    return pictures, messages
+
+
+def choose_model(engine: Engine, session, label: str) -> tuple[str, str]:
+    """Load the chosen model now: (the model to keep selected, message). A model that cannot be loaded
+    (not downloaded and offline, say) is refused and the previous one stays selected."""
+    session = session if isinstance(session, Session) else Session()
+    previous = session.model if session.model in engine.models else engine.default_label
+    started = time.perf_counter()
+    try:
+        engine.backbone(label)
+    except DinoscopeError as exc:
+        return previous, f"error: {label} cannot be used: {exc}; still using {previous}"
+    session.model = label
+    return label, f"model {label} ready ({time.perf_counter() - started:.1f} s)"
 
 
 def similarity(engine: Engine, session: Session, settings: Settings, slot: str, x=None, y=None, *,
@@ -91,6 +171,7 @@ def similarity(engine: Engine, session: Session, settings: Settings, slot: str, 
         row, col = divmod(index, g.cols)
         where = f"pixel ({int(x)}, {int(y)}) = patch {index} (row {row}, col {col}){note}"
     session.query = (slot, x, y)
+    session.views.add("similarity")
     if target == OTHER:
         other = "B" if slot == "A" else "A"
         dest = session.slot(other)
@@ -122,6 +203,7 @@ def pca(engine: Engine, session: Session, settings: Settings, *, components="1,2
     picked = _components(components)
     names = ["A", "B"] if both else ["A"]
     feats = [engine.features(settings.model, session.slot(n), settings.resolution, settings.layer) for n in names]
+    session.views.add("pca")
     basis = PCABasis.fit(feats, max(3, max(picked) + 1), foreground_only=bool(foreground))
     pictures = [pca_view(f, basis, components=picked, cmap=cmap) for f in feats]
     picture = pictures[0] if len(pictures) == 1 else render.side_by_side(pictures, gap=8)
@@ -135,6 +217,7 @@ def norms(engine: Engine, session: Session, settings: Settings, slot: str = "A",
     _check_cmap(cmap)
     s = session.slot(slot)
     feats = engine.features(settings.model, s, settings.resolution, settings.layer)
+    session.views.add("norms")
     return norms_view(feats, s.image, cmap=cmap, alpha=_unit(alpha, "opacity")), f"feature norms of image {slot}"
 
 
@@ -148,6 +231,7 @@ def attention(engine: Engine, session: Session, settings: Settings, slot: str = 
         feats = engine.features(settings.model, s, settings.resolution, settings.layer)
         query = query_index(feats, Pixel(float(session.query[1]), float(session.query[2])))
     att = engine.attention(settings.model, s, settings.resolution, settings.layer, query)
+    session.views.add("attention")
     shares = att.shares()
     who = "CLS" if att.query < 0 else f"patch {att.query}"
     message = (f"attention of {who} in block {att.layer} of image {slot}: {shares['patches']:.1%} to patches, "
@@ -169,6 +253,7 @@ def matching(engine: Engine, session: Session, settings: Settings, *, method: st
     picture, found = matches_view(fa, fb, a.image, b.image, method=method, top_k=max(0, int(top_k)), cmap=cmap,
                                   matches=cached)
     session.matches = (key, found)
+    session.views.add("matching")
     shown = min(len(found), int(top_k)) if int(top_k) > 0 else min(len(found), 800)
     return session, picture, f"{len(found)} {method} matches between A and B; {shown} drawn, coloured by score"
 

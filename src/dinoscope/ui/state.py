@@ -13,6 +13,7 @@ used as a file path. Torch is imported on the first forward pass, so `dinoscope 
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
@@ -27,9 +28,12 @@ from typing import Any, Callable
 from ..download import fetch_url, guarded_opener
 from ..errors import InputError
 from ..files import safe_name
-from ..geometry import DEFAULT_MAX_TOKENS, Resolution
+from ..geometry import Resolution
+from PIL import Image
+
 from ..images import SAMPLES, image_digest, load_image
 from ..models import DEFAULT_MODEL
+from ..models.loading import identify
 from ..models.registry import MODELS, lookup
 
 log = logging.getLogger("dinoscope")
@@ -40,6 +44,13 @@ SLOTS = ("A", "B")
 SAME, OTHER = "same image", "the other image"
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_UPLOAD_PIXELS = 40_000_000
+# The explorer's budget per image, far below the CLI's 16k: a ViT-B pass over 4096 patches takes a few seconds
+# on a CPU, and larger uploads are downscaled on arrival (with a notice) so nobody waits minutes.
+EXPLORER_MAX_TOKENS = 4096
+BUDGET_PATCH = 16  # patch size assumed for the budget (ConvNeXt's 32 only makes its grid smaller)
+# Hover-live similarity ships float16 normalised patch features to the browser once per image; above this
+# many bytes (e.g. 4096 patches x 1024 dims x 2 bytes = 8 MiB) the page falls back to server clicks.
+LIVE_MAX_BYTES = 8 * 1024 * 1024
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -76,6 +87,7 @@ class Slot:
     image: Any
     digest: str
     label: str
+    notice: str = ""  # why the photo shown is not the one uploaded (downscaled to the budget), else ""
 
 
 @dataclass
@@ -85,6 +97,8 @@ class Session:
     slots: dict = field(default_factory=lambda: {s: None for s in SLOTS})
     query: tuple | None = None  # (slot, x, y) of the last click, or (slot, None, None) for CLS
     matches: tuple | None = None  # (key, Matches) of the last matching
+    views: set = field(default_factory=set)  # views drawn since the page opened: redrawn when anything changes
+    model: str | None = None  # the last model that loaded, to fall back to when another one is refused
     folder: str | None = None  # per-session temp dir for downloads
 
     def slot(self, name: str) -> Slot:
@@ -113,11 +127,13 @@ class Engine:
                  device: str = "auto", dtype: str = "float32", loader: Callable | None = None,
                  max_entries: int = 32, max_cache_bytes: int = 2 * 1024**3, max_models: int = 2,
                  max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS,
-                 max_tokens: int = DEFAULT_MAX_TOKENS, allow_urls: bool = False, disk_cache: bool = True,
-                 workdir: str | os.PathLike | None = None):
+                 max_tokens: int = EXPLORER_MAX_TOKENS, allow_urls: bool = False, disk_cache: bool = True,
+                 workdir: str | os.PathLike | None = None, parallel_passes: int = 2,
+                 live_max_bytes: int = LIVE_MAX_BYTES):
         self.default_model = os.fspath(model)
         choices = dict(models) if models is not None else {**{self._label(DEFAULT_MODEL): DEFAULT_MODEL},
-                                                            **{name: name for name, spec in MODELS.items()
+                                                            **{_offline_label(name, spec): name
+                                                               for name, spec in MODELS.items()
                                                                if spec.hub_id != DEFAULT_MODEL}}
         if self.default_model not in choices.values():
             choices = {self._label(self.default_model): self.default_model, **choices}
@@ -130,9 +146,14 @@ class Engine:
         self.allow_urls = allow_urls
         self.disk_cache = self._disk_cache() if disk_cache else None
         self.workdir = Path(tempfile.mkdtemp(prefix="dinoscope-ui-", dir=workdir))
-        self.model_lock = threading.RLock()  # one forward pass (or model load) at a time
+        self.model_lock = threading.RLock()  # one model load at a time
+        # forward passes run side by side (torch releases the GIL), so one user's large image never holds
+        # up another user's small one; the bound keeps memory in check
+        self.passes = threading.BoundedSemaphore(max(1, int(parallel_passes)))
+        self.live_max_bytes = live_max_bytes
         self._cache_lock = threading.Lock()
         self._features: OrderedDict = OrderedDict()
+        self._key_locks: dict = {}
         self._attention: OrderedDict = OrderedDict()
         self._backbones: OrderedDict = OrderedDict()
         self.forward_passes = 0
@@ -220,35 +241,56 @@ class Engine:
         hit = self._lookup(self._features, key)
         if hit is not None:
             return hit
-        with self.model_lock:
-            hit = self._lookup(self._features, key)  # another user may have computed it meanwhile
+        backbone = self.backbone(label)
+        backbone.layer_index(key[3])
+        with self._pending(key) as first:
+            hit = None if first else self._lookup(self._features, key)  # another user computed it meanwhile
             if hit is not None:
                 return hit
-            from ..features import Extractor
-
-            backbone = self.backbone(label)
-            backbone.layer_index(key[3])
-            kwargs = {}
-            if self.disk_cache is not None:
-                kwargs["cache"] = self.disk_cache
-            extractor = Extractor(backbone, resolution=self.resolution(resolution), layer=key[3], max_pixels=None,
-                                  **kwargs)
-            _, features = extractor(slot.image)
+            with self.passes:
+                features = self._forward(backbone, slot, resolution, key[3])
             self.forward_passes += 1
-        self._store(self._features, key, features, features.patches.numel() * 4)
+            self._store(self._features, key, features, features.patches.numel() * 4)
         return features
+
+    def _forward(self, backbone, slot: Slot, resolution: str, layer: int):
+        """One forward pass (the hook tests replace to make a pass slow)."""
+        from ..features import Extractor
+
+        kwargs = {"cache": self.disk_cache} if self.disk_cache is not None else {}
+        extractor = Extractor(backbone, resolution=self.resolution(resolution), layer=layer, max_pixels=None,
+                              **kwargs)
+        return extractor(slot.image)[1]
+
+    @contextlib.contextmanager
+    def _pending(self, key):
+        """One lock per features key: two users asking for the same image share one pass, others run beside it.
+
+        Yields True for the first holder of a new key (nothing to look up yet)."""
+        with self._cache_lock:
+            lock, first = self._key_locks.get(key), False
+            if lock is None:
+                lock, first = threading.Lock(), True
+                self._key_locks[key] = lock
+        with lock:
+            try:
+                yield first
+            finally:
+                with self._cache_lock:
+                    if self._key_locks.get(key) is lock and key in self._features:
+                        del self._key_locks[key]
 
     def attention(self, label: str, slot: Slot, resolution: str, layer, query):
         key = (*self.key(label, slot, resolution, layer), query)
         hit = self._lookup(self._attention, key)
         if hit is not None:
             return hit
-        with self.model_lock:
+        backbone = self.backbone(label)
+        if backbone.kind == "convnext":
+            raise InputError(f"{label} is a ConvNeXt: it has no attention; pick a ViT model")
+        with self.passes:
             from ..features import extract_attention
 
-            backbone = self.backbone(label)
-            if backbone.kind == "convnext":
-                raise InputError(f"{label} is a ConvNeXt: it has no attention; pick a ViT model")
             att = extract_attention(backbone, slot.image, layer=key[3], query=query,
                                     resolution=self.resolution(resolution))
             self.forward_passes += 1
@@ -293,19 +335,81 @@ class Engine:
             raise InputError(f"the file is {size / 1e6:.1f} MB, more than this server's limit of "
                              f"{self.max_upload_bytes / 1e6:.1f} MB; use a smaller image")
         data = p.read_bytes()[: self.max_upload_bytes + 1]
-        image = load_image(data, max_pixels=self.max_pixels)
-        return Slot(image, image_digest(image), _safe_name(p.name))
+        return self._slot(load_image(data, max_pixels=self.max_pixels), _safe_name(p.name))
 
     def load_sample(self, name: str) -> Slot:
+        if not name:
+            raise InputError("choose a sample from the list")
         if name not in SAMPLES:
             raise InputError(f"unknown sample {name!r}; choose one of: {', '.join(sorted(SAMPLES))}")
-        image = load_image(SAMPLES[name])
-        return Slot(image, image_digest(image), name)
+        return self._slot(load_image(SAMPLES[name]), name)
 
     def load_url(self, url: str) -> Slot:
         image = fetch_image_url(url, allow_urls=self.allow_urls, max_bytes=self.max_upload_bytes,
                                 max_pixels=self.max_pixels)
-        return Slot(image, image_digest(image), _safe_name(url.rsplit("/", 1)[-1].split("?")[0]) or "url")
+        return self._slot(image, _safe_name(url.rsplit("/", 1)[-1].split("?")[0]) or "url")
+
+    def _slot(self, image, label: str) -> Slot:
+        image, notice = fit_budget(image, self.max_tokens)
+        return Slot(image, image_digest(image), label, notice)
+
+    def live(self, features, folder: str | os.PathLike, name: str) -> dict:
+        """The grid, and the file of features the page computes hover similarity from (path None when larger
+        than `live_max_bytes`: the page then asks the server on each click)."""
+        if features.flat.numel() * 2 > self.live_max_bytes:
+            return {**grid_meta(features), "path": None}
+        data, meta = live_payload(features)
+        path = Path(folder) / f"live-{name}.bin"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        return {**meta, "path": os.fspath(path)}
+
+
+def _offline_label(name: str, spec) -> str:
+    """A model's name in the dropdown, marked when no copy of its weights is on this machine."""
+    if any(identify(i) is not None for i in spec.ids):
+        return name
+    return f"{name} (not downloaded)"
+
+
+def fit_budget(image, max_tokens: int | None, patch: int = BUDGET_PATCH):
+    """(image, notice): the photo downscaled so its native patch grid stays within `max_tokens`, else as it was."""
+    if not max_tokens:
+        return image, ""
+    w, h = image.size
+    if (w // patch) * (h // patch) <= max_tokens:
+        return image, ""
+    scale = (max_tokens / ((w / patch) * (h / patch))) ** 0.5
+    while True:
+        nw, nh = max(patch, int(w * scale)), max(patch, int(h * scale))
+        if (nw // patch) * (nh // patch) <= max_tokens:
+            break
+        scale *= 0.99
+    small = image.resize((nw, nh), Image.Resampling.LANCZOS)
+    return small, (f"downscaled from {w}x{h} to {nw}x{nh} to stay within this explorer's budget of "
+                   f"{max_tokens} patches (the CLI reads the full image)")
+
+
+def live_payload(features) -> tuple[bytes, dict]:
+    """What the page needs to compute similarity itself: unit-length patch features as float16, and the grid.
+
+    The browser's dot product of two rows is then the cosine similarity the server computes (to ~1e-3).
+    """
+    import torch
+
+    flat = features.flat.float()
+    unit = flat / torch.linalg.vector_norm(flat, dim=-1, keepdim=True).clamp_min(1e-8)
+    data = unit.numpy().astype("<f2").tobytes()
+    return data, {**grid_meta(features), "bytes": len(data)}
+
+
+def grid_meta(features) -> dict:
+    """The grid as the page needs it to turn a pointer position into a cell: cells of cell_w x cell_h pixels."""
+    g = features.geometry
+    sx, sy = g.scale
+    return {"rows": g.rows, "cols": g.cols, "dim": int(features.dim), "width": g.image_size[0],
+            "height": g.image_size[1], "cell_w": g.cell_size * sx, "cell_h": g.cell_size * sy}
 
 
 def _safe_name(name: str) -> str:
