@@ -16,15 +16,17 @@ included); uploads are limited in bytes and pixels; no text from a user is ever 
 from __future__ import annotations
 
 from ..download import address_allowed, guarded_opener
-from .callbacks import (KEEP_PICTURES, Settings, attention, deliver, downloads, load_sample, load_upload, load_url,
-                        matching, norms, pca, similarity)
+from .callbacks import (KEEP_PICTURES, Settings, attention, choose_model, deliver, downloads, live_data, load_sample,
+                        load_upload, load_url, matching, norms, pca, query_overlay, redraw, similarity)
 from .callbacks import _message, _try  # noqa: F401  (how the page words errors; tested)
 from .launch import build_app, launch, serve_until_interrupted
-from .state import (CMAPS, DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_MAX_UPLOAD_PIXELS, OTHER, RESOLUTIONS, SAME, SLOTS, Engine,
-                    Session, Slot, bind_warning, fetch_image_url)
+from .state import (CMAPS, DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_MAX_UPLOAD_PIXELS, EXPLORER_MAX_TOKENS, LIVE_MAX_BYTES, OTHER,
+                    RESOLUTIONS, SAME, SLOTS, Engine, Session, Slot, bind_warning, fetch_image_url, fit_budget)
 from .state import _delete_session  # noqa: F401  (what Gradio calls when a tab goes away; tested)
 
-__all__ = ["CMAPS", "DEFAULT_MAX_UPLOAD_BYTES", "DEFAULT_MAX_UPLOAD_PIXELS", "KEEP_PICTURES", "OTHER", "RESOLUTIONS",
-           "SAME", "SLOTS", "Engine", "Session", "Settings", "Slot", "address_allowed", "attention", "bind_warning",
-           "build_app", "deliver", "downloads", "fetch_image_url", "guarded_opener", "launch", "load_sample",
-           "load_upload", "load_url", "matching", "norms", "pca", "serve_until_interrupted", "similarity"]
+__all__ = ["CMAPS", "DEFAULT_MAX_UPLOAD_BYTES", "DEFAULT_MAX_UPLOAD_PIXELS", "EXPLORER_MAX_TOKENS", "KEEP_PICTURES",
+           "LIVE_MAX_BYTES", "OTHER", "RESOLUTIONS", "SAME", "SLOTS", "Engine", "Session", "Settings", "Slot",
+           "address_allowed", "attention", "bind_warning", "build_app", "choose_model", "deliver", "downloads",
+           "fetch_image_url", "fit_budget", "guarded_opener", "launch", "live_data", "load_sample", "load_upload",
+           "load_url", "matching", "norms", "pca", "query_overlay", "redraw", "serve_until_interrupted",
+           "similarity"]

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..cache import FeatureCache, LayeredCache, MemoryCache, cache_disabled_by_env
 from ..download import fetch_url, guarded_opener
 from ..errors import InputError
 from ..files import safe_name
@@ -152,7 +153,8 @@ class Engine:
         self.passes = threading.BoundedSemaphore(max(1, int(parallel_passes)))
         self.live_max_bytes = live_max_bytes
         self._cache_lock = threading.Lock()
-        self._features: OrderedDict = OrderedDict()
+        self.memory = MemoryCache(max_entries)  # Features of recent images, shared by every tab
+        self.cache = LayeredCache(self.memory, self.disk_cache)
         self._key_locks: dict = {}
         self._attention: OrderedDict = OrderedDict()
         self._backbones: OrderedDict = OrderedDict()
@@ -168,15 +170,11 @@ class Engine:
 
     @staticmethod
     def _disk_cache():
-        """The on-disk feature cache when this dinoscope has one (and it is not turned off)."""
-        try:
-            from .. import cache
-        except ImportError:
+        """The on-disk feature cache (unless turned off by the environment); never a reason to stop."""
+        if cache_disabled_by_env():
             return None
         try:
-            if getattr(cache, "cache_disabled_by_env", lambda: False)():
-                return None
-            return cache.FeatureCache()
+            return FeatureCache()
         except Exception as exc:  # the cache must never stop the explorer
             log.warning("feature cache unavailable (%s); continuing without it", exc)
             return None
@@ -236,49 +234,45 @@ class Engine:
         return (self.source(label), slot.digest, resolution, self.layer(layer))
 
     def features(self, label: str, slot: Slot, resolution: str, layer=-1):
-        """Features of one image, from the LRU when seen before; else one forward pass under the model lock."""
+        """Features of one image, from the shared cache (memory, then disk) when seen before; else one pass.
+
+        Two users asking for the same image and settings at once share one pass (one lock per key);
+        other images run beside it (up to `parallel_passes`)."""
         key = self.key(label, slot, resolution, layer)
-        hit = self._lookup(self._features, key)
-        if hit is not None:
-            return hit
         backbone = self.backbone(label)
         backbone.layer_index(key[3])
-        with self._pending(key) as first:
-            hit = None if first else self._lookup(self._features, key)  # another user computed it meanwhile
-            if hit is not None:
-                return hit
-            with self.passes:
-                features = self._forward(backbone, slot, resolution, key[3])
-            self.forward_passes += 1
-            self._store(self._features, key, features, features.patches.numel() * 4)
-        return features
-
-    def _forward(self, backbone, slot: Slot, resolution: str, layer: int):
-        """One forward pass (the hook tests replace to make a pass slow)."""
         from ..features import Extractor
 
-        kwargs = {"cache": self.disk_cache} if self.disk_cache is not None else {}
-        extractor = Extractor(backbone, resolution=self.resolution(resolution), layer=layer, max_pixels=None,
-                              **kwargs)
+        extractor = Extractor(backbone, resolution=self.resolution(resolution), layer=key[3], max_pixels=None,
+                              cache=self.cache)
+        with self._pending(key):
+            found = self.cache.get(extractor.cache_key(slot.image, slot.digest))
+            if found is not None:
+                return found
+            with self.passes:
+                features = self._forward(extractor, slot)
+            self.forward_passes += extractor.forward_passes
+        return features
+
+    def _forward(self, extractor, slot: Slot):
+        """One forward pass, stored in the cache (the hook tests replace to make a pass slow)."""
         return extractor(slot.image)[1]
 
     @contextlib.contextmanager
     def _pending(self, key):
-        """One lock per features key: two users asking for the same image share one pass, others run beside it.
-
-        Yields True for the first holder of a new key (nothing to look up yet)."""
+        """Hold the lock of one features key (made on first use, dropped by whoever made it)."""
         with self._cache_lock:
-            lock, first = self._key_locks.get(key), False
-            if lock is None:
-                lock, first = threading.Lock(), True
-                self._key_locks[key] = lock
-        with lock:
-            try:
-                yield first
-            finally:
+            lock = self._key_locks.get(key)
+            made = lock is None
+            if made:
+                lock = self._key_locks[key] = threading.Lock()
+        try:
+            with lock:
+                yield
+        finally:
+            if made:
                 with self._cache_lock:
-                    if self._key_locks.get(key) is lock and key in self._features:
-                        del self._key_locks[key]
+                    self._key_locks.pop(key, None)
 
     def attention(self, label: str, slot: Slot, resolution: str, layer, query):
         key = (*self.key(label, slot, resolution, layer), query)
@@ -313,8 +307,7 @@ class Engine:
                 table.popitem(last=False)
 
     def cached(self) -> int:
-        with self._cache_lock:
-            return len(self._features)
+        return len(self.memory)
 
     # -- images
 
