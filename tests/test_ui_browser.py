@@ -68,7 +68,7 @@ def test_click_shows_the_library_similarity_map(tiny_model_dir, tmp_path):
         page.wait_for_selector("#image-a", timeout=30_000)
         assert page.query_selector("#sim-out img") is None  # nothing drawn before a click
         pick_sample(page, "a", "chelsea")
-        _wait_status(page, "sample chelsea")
+        _wait_status(page, r"ready: image A \(chelsea")
 
         shown = page.locator("#image-a img")
         box = shown.bounding_box()
@@ -114,7 +114,7 @@ def test_bad_upload_shows_a_message_and_the_page_keeps_working(tiny_model_dir, t
         status = _wait_status(page, "^error: ")
         assert "image" in status and "Traceback" not in status
         pick_sample(page, "a", "coffee")
-        _wait_status(page, "sample coffee")
+        _wait_status(page, r"ready: image A \(coffee")
         page.get_by_role("button", name="CLS query (image A)").click()
         _wait_status(page, "similarity to the CLS token")
         assert page.query_selector("#sim-out img") is not None
@@ -275,7 +275,7 @@ def test_large_upload_is_downscaled_with_a_notice(shared, tmp_path):
     with page.expect_file_chooser() as chooser:
         page.click("#upload-a")
     chooser.value.set_files(str(big))
-    _wait_status(page, "big .*downscaled from 2000x1500")
+    _wait_status(page, r"ready: image A \(big, ")
     assert "downscaled from 2000x1500" in page.inner_text("#notice-a")
     w, h = page.evaluate("() => { const i = document.querySelector('#image-a img'); "
                          "return [i.naturalWidth, i.naturalHeight]; }")

@@ -59,7 +59,7 @@ def pca_view(features, basis: PCABasis | None = None, *, components=(0, 1, 2), f
 
 def similarity_view(features, query, image=FROM_FEATURES, *, query_features=None, cmap: str = "turbo",
                     alpha: float = 0.55, mark=True, query_image: Image.Image | None = None) -> Image.Image:
-    """Similarity map over the photo (full [-1, 1] range on a fixed scale), query patch outlined in red.
+    """Similarity map over the photo (full [-1, 1] range on a fixed scale), query patch outlined (white in black).
 
     `query` is a patch index, `Patch(row, col)`, `Pixel(x, y)` or `CLS`. For a cross-image query
     (`query_features`), a `query_image` (e.g. ``query_features.image``) with its outlined patch is
@@ -96,7 +96,7 @@ def attention_view(attention, image=FROM_FEATURES, *, heads: bool = True, cmap: 
     """The head-averaged attention map over the photo, then (with `heads`) one panel per head.
 
     Each panel is scaled to its own maximum, so a head that spends most of its attention on
-    the registers still shows where the rest goes; the query patch is outlined in red.
+    the registers still shows where the rest goes; the query patch is outlined (white in black).
     """
     image = _photo(image, attention)
     g = attention.geometry

@@ -217,10 +217,12 @@ class _Wiring:
         target = values[0] if self.w.views and self.w.views[0].name == "similarity" else SAME
         overlay = cb.query_overlay(self.engine, sess, settings, target) if sess.query else None
         views = [pictures.get(v.name, gr.skip()) for v in self.w.views]
-        ready = [n for n in SLOTS if live.get(n)]
-        message = (f"{', '.join(messages)}" if messages else
-                   f"ready: image{'s' if len(ready) > 1 else ''} {' and '.join(ready)} with {m}, {r}, layer {l}"
+        ready = [f"image {n} ({sess.slots[n].label}, {sess.slots[n].image.width}x{sess.slots[n].image.height})"
+                 for n in SLOTS if live.get(n)]
+        message = (f"ready: {' and '.join(ready)} with {m}, {r}, layer {l}; point at a photo or click it"
                    if ready else "load an image to start")
+        if messages:
+            message += "; redrawn: " + "; ".join(messages)
         return (sess, live, overlay, *views, message)
 
     def chain_refresh(self, event):
@@ -240,8 +242,10 @@ class _Wiring:
             if value is None or value == "":  # a dropdown left without a choice: not an error, nothing to do
                 return (gr.skip(),) * (4 + n_views)
             try:
-                sess, photo, message = load(e, sess, value, name, s(m, r, l),
-                                            lambda f, t: progress(f, desc=t))
+                s(m, r, l)  # bad settings are reported now, before the photo changes
+                # the photo is shown at once; its forward pass runs in the refresh that follows (with progress)
+                sess, photo, message = load(e, sess, value, name, None, lambda f, t: progress(f, desc=t))
+                message = message.replace("; click on it or point at it", "; computing its features...")
                 photo = cb.deliver(e, sess, (photo,), photo=True)[0]
                 sess.query = None if sess.query and sess.query[0] == name else sess.query
                 notice = f"**Note:** image {name} was {sess.slots[name].notice}." if sess.slots[name].notice else ""
