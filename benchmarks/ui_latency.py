@@ -82,7 +82,6 @@ def main() -> None:
     if args.no_http:
         return
     from gradio_client import Client, handle_file
-
     from ui_helpers import served
 
     photo = work / "photo.png"
@@ -120,7 +119,7 @@ def browser_figures(model, image, work: Path, n: int) -> None:
     image.save(photo)
     rng = random.Random(1)
     started = time.perf_counter()
-    with served(model, device="cpu", warm=False) as (app, url), browser() as b:
+    with served(model, device="cpu", warm=False) as (_app, url), browser() as b:
         page = b.new_page(viewport={"width": 1300, "height": 1100})
         t = time.perf_counter()
         page.goto(url)

@@ -5,16 +5,17 @@ from __future__ import annotations
 import http.server
 import io
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("gradio", reason="the explorer needs the ui extra: pip install 'dinoscope[ui]'")
 
-from dinoscope import ui  # noqa: E402
-from dinoscope.analyses import CLS, PCABasis, Pixel  # noqa: E402
-from dinoscope.errors import DinoscopeError, InputError, ModelError  # noqa: E402
-from dinoscope.views import matches_view, norms_view, pca_view, similarity_view  # noqa: E402
+from dinoscope import ui
+from dinoscope.analyses import CLS, PCABasis, Pixel
+from dinoscope.errors import InputError, ModelError
+from dinoscope.views import matches_view, norms_view, pca_view, similarity_view
 
 
 @pytest.fixture
@@ -254,7 +255,7 @@ def test_real_loader_error_for_an_uncached_model_is_one_line(tmp_path, offline_h
 class _Counting(http.server.BaseHTTPRequestHandler):
     hits = 0
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         type(self).hits += 1
         body = _png()
         self.send_response(200)
@@ -404,7 +405,7 @@ def test_live_features_give_the_library_cosine_and_large_grids_fall_back_to_the_
     live = ui.live_data(engine, s, settings)
     meta = live["A"]
     assert live["B"] is None and meta["path"] and meta["bytes"] == meta["rows"] * meta["cols"] * meta["dim"] * 2
-    unit = np.frombuffer(open(meta["path"], "rb").read(), dtype="<f2").astype(np.float32).reshape(-1, meta["dim"])
+    unit = np.frombuffer(Path(meta["path"]).read_bytes(), dtype="<f2").astype(np.float32).reshape(-1, meta["dim"])
     feats = engine.features(settings.model, s.slots["A"], "native")
     from dinoscope.analyses import similarity_map
 

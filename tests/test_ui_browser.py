@@ -17,8 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from ui_helpers import browser, chromium_available, pick_sample, quiet_gradio_env, served
+from ui_helpers import (
+    browser,
+    chromium_available,
+    pick_sample,
+    quiet_gradio_env,
+    served,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")  # inside Gradio, with pandas 3
 IN_CI = bool(os.environ.get("CI"))
@@ -163,8 +168,7 @@ def _settle(page, previous: str, pattern: str):
 
 
 def test_first_visit_shows_an_example_and_hover_draws_the_map_in_the_browser(shared, tiny_model_dir):
-    from dinoscope.analyses import similarity_map
-    from dinoscope.analyses import Pixel
+    from dinoscope.analyses import Pixel, similarity_map
     from dinoscope.features import Extractor
 
     app, page = shared

@@ -16,13 +16,45 @@ included); uploads are limited in bytes and pixels; no text from a user is ever 
 from __future__ import annotations
 
 from ..download import address_allowed, guarded_opener
-from .callbacks import (KEEP_PICTURES, Settings, attention, choose_model, deliver, downloads, live_data, load_sample,
-                        load_upload, load_url, matching, norms, pca, query_overlay, redraw, similarity)
-from .callbacks import _message, _try  # noqa: F401  (how the page words errors; tested)
+from .callbacks import (  # noqa: F401  (how the page words errors; tested)
+                        KEEP_PICTURES,
+                        Settings,
+                        _message,
+                        _try,
+                        attention,
+                        choose_model,
+                        deliver,
+                        downloads,
+                        live_data,
+                        load_sample,
+                        load_upload,
+                        load_url,
+                        matching,
+                        norms,
+                        pca,
+                        query_overlay,
+                        redraw,
+                        similarity,
+)
 from .launch import build_app, launch, serve_until_interrupted
-from .state import (CMAPS, DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_MAX_UPLOAD_PIXELS, EXPLORER_MAX_TOKENS, LIVE_MAX_BYTES, OTHER,
-                    RESOLUTIONS, SAME, SLOTS, Engine, Session, Slot, bind_warning, fetch_image_url, fit_budget)
-from .state import _delete_session  # noqa: F401  (what Gradio calls when a tab goes away; tested)
+from .state import (
+                        CMAPS,
+                        DEFAULT_MAX_UPLOAD_BYTES,
+                        DEFAULT_MAX_UPLOAD_PIXELS,
+                        EXPLORER_MAX_TOKENS,
+                        LIVE_MAX_BYTES,
+                        OTHER,
+                        RESOLUTIONS,
+                        SAME,
+                        SLOTS,
+                        Engine,
+                        Session,
+                        Slot,
+                        _delete_session,  # noqa: F401  (what Gradio calls when a tab goes away; tested)
+                        bind_warning,
+                        fetch_image_url,
+                        fit_budget,
+)
 
 __all__ = ["CMAPS", "DEFAULT_MAX_UPLOAD_BYTES", "DEFAULT_MAX_UPLOAD_PIXELS", "EXPLORER_MAX_TOKENS", "KEEP_PICTURES",
            "LIVE_MAX_BYTES", "OTHER", "RESOLUTIONS", "SAME", "SLOTS", "Engine", "Session", "Settings", "Slot",

@@ -13,9 +13,18 @@ import gradio as gr
 import matplotlib
 
 from ..images import SAMPLES
-from . import callbacks as cb
 from ..models import DEFAULT_MODEL
-from .state import CMAPS, OTHER, RESOLUTIONS, SAME, SLOTS, Engine, Session, _delete_session
+from . import callbacks as cb
+from .state import (
+    CMAPS,
+    OTHER,
+    RESOLUTIONS,
+    SAME,
+    SLOTS,
+    Engine,
+    Session,
+    _delete_session,
+)
 
 PICTURE_BUTTONS = ["download", "fullscreen"]
 FIRST_SAMPLE = "chelsea"  # shown in image A on a first visit, so the page never opens empty
@@ -181,8 +190,8 @@ class _Wiring:
         self.upload_root = os.environ.get("GRADIO_TEMP_DIR") or os.path.join(tempfile.gettempdir(), "gradio")
         self.params = [p for v in w.views for p in v.params]
         self.view_outputs = [v.output for v in w.views]
-        self.work = dict(concurrency_id="work", concurrency_limit=4)
-        self.clicks_queue = dict(concurrency_id="clicks", concurrency_limit=4)
+        self.work = {"concurrency_id": "work", "concurrency_limit": 4}
+        self.clicks_queue = {"concurrency_id": "clicks", "concurrency_limit": 4}
         self.cancellable = []
 
     def settings(self, model_label, resolution, layer) -> cb.Settings:
@@ -238,7 +247,7 @@ class _Wiring:
         """An image-loading handler: the photo, its notice, every view cleared; nothing at all for no value."""
         e, s, n_views = self.engine, self.settings, len(self.view_outputs)
 
-        def run(sess, value, m, r, l, progress=gr.Progress()):
+        def run(sess, value, m, r, l, progress=gr.Progress()):  # noqa: B008 - how Gradio hands over its progress bar
             if value is None or value == "":  # a dropdown left without a choice: not an error, nothing to do
                 return (gr.skip(),) * (4 + n_views)
             try:

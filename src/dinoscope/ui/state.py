@@ -21,17 +21,18 @@ import shutil
 import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+from PIL import Image
 
 from ..cache import FeatureCache, LayeredCache, MemoryCache, cache_disabled_by_env
 from ..download import fetch_url, guarded_opener
 from ..errors import InputError
 from ..files import safe_name
 from ..geometry import Resolution
-from PIL import Image
-
 from ..images import SAMPLES, image_digest, load_image
 from ..models import DEFAULT_MODEL
 from ..models.loading import identify
@@ -132,7 +133,7 @@ class Engine:
                  workdir: str | os.PathLike | None = None, parallel_passes: int = 2,
                  live_max_bytes: int = LIVE_MAX_BYTES):
         self.default_model = os.fspath(model)
-        choices = dict(models) if models is not None else {**{self._label(DEFAULT_MODEL): DEFAULT_MODEL},
+        choices = dict(models) if models is not None else {self._label(DEFAULT_MODEL): DEFAULT_MODEL,
                                                             **{_offline_label(name, spec): name
                                                                for name, spec in MODELS.items()
                                                                if spec.hub_id != DEFAULT_MODEL}}
@@ -175,7 +176,7 @@ class Engine:
             return None
         try:
             return FeatureCache()
-        except Exception as exc:  # the cache must never stop the explorer
+        except Exception as exc:  # noqa: BLE001 - the cache must never stop the explorer
             log.warning("feature cache unavailable (%s); continuing without it", exc)
             return None
 
