@@ -58,8 +58,8 @@ def _picture(label: str, elem_id: str):
 
 
 def _header(engine: Engine, w: SimpleNamespace) -> None:
-    gr.Markdown("## dinoscope explorer\nPick or upload an image, then click on it: the map shows how similar "
-                "every patch is to the one you clicked.")
+    gr.Markdown("## dinoscope explorer\nPoint at the photo: the map over it shows how similar every patch is "
+                "to the one under the pointer. Click to pin a patch; pick or upload other images below.")
     with gr.Row():
         w.model = gr.Dropdown(list(engine.models), value=engine.default_label, label="Model", elem_id="model")
         w.resolution = gr.Dropdown(RESOLUTIONS, value="native", label="Resolution", elem_id="resolution")
