@@ -296,3 +296,44 @@ def test_a_model_that_is_not_here_is_refused_and_the_page_keeps_working(shared):
     _live(page)
     page.mouse.click(*_point(page, "a", 0.5, 0.5))
     _settle(page, status, "similarity to pixel")
+
+
+def test_a_large_image_does_not_block_another_users_page_and_can_be_cancelled(tiny_model_dir, tmp_path):
+    """Two browser contexts (two users): one's forward pass is held; the other's page loads, goes live, clicks."""
+    import threading
+
+    from PIL import Image
+
+    from dinoscope import ui
+
+    quiet_gradio_env(tmp_path / "gradio")
+    release, held = threading.Event(), threading.Event()
+
+    class HeldForBig(ui.Engine):
+        def _forward(self, extractor, slot):
+            if slot.label == "big":
+                held.set()
+                release.wait(90)
+            return super()._forward(extractor, slot)
+
+    engine = HeldForBig(tiny_model_dir, device="cpu", disk_cache=False)
+    Image.new("RGB", (800, 600), (30, 60, 90)).save(tmp_path / "big.png")
+    try:
+        with served(tiny_model_dir, engine=engine) as (_, url), browser() as b:
+            first = b.new_context(viewport={"width": 1300, "height": 1100}).new_page()
+            first.goto(url)
+            _live(first)
+            with first.expect_file_chooser() as chooser:
+                first.click("#upload-a")
+            chooser.value.set_files(str(tmp_path / "big.png"))
+            assert held.wait(60)
+            second = b.new_context(viewport={"width": 1300, "height": 1100}).new_page()
+            second.goto(url)
+            _live(second)  # the other user's example went live while the big pass is held
+            second.mouse.click(*_point(second, "a", 0.4, 0.4))
+            _wait_status(second, "similarity to pixel")
+            first.click("#cancel")
+            _wait_status(first, "^cancelled")
+            assert not release.is_set()
+    finally:
+        release.set()

@@ -237,8 +237,13 @@ class _Wiring:
     def chain_refresh(self, event):
         """Follow an event with the refresh (overlay data and open views); returns the new event."""
         w = self.w
-        follow = event.then(self.guarded(self.refresh, 3 + len(self.view_outputs)),
-                            [w.session, *self.common, *self.params],
+        refresh = self.guarded(self.refresh, 3 + len(self.view_outputs))
+
+        def run(*args, progress=gr.Progress()):  # noqa: B008 - how Gradio hands over its progress bar
+            progress(0.05, desc="computing features (a forward pass per new image), then redrawing")
+            return refresh(*args)
+
+        follow = event.then(run, [w.session, *self.common, *self.params],
                             [w.session, w.live, w.overlay, *self.view_outputs, w.status], **self.work)
         self.cancellable.append(follow)
         return follow
