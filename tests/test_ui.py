@@ -129,8 +129,10 @@ def test_cross_image_pca_norms_matching_attention_equal_the_library(engine):
     pic, msg = ui.attention(engine, s, _settings(engine), "A", heads=False)
     assert "attention of patch" in msg and pic.size[0] >= a.image.width
     passes = engine.forward_passes
-    ui.attention(engine, s, _settings(engine), "A", heads=True)
+    pic, _ = ui.attention(engine, s, _settings(engine), "A", heads=True)
     assert engine.forward_passes == passes  # attention rows are cached too
+    # as many full-size panels a row as the page shows unscaled, so the per-head captions stay legible
+    assert a.image.width <= pic.width <= max(ui.callbacks.PAGE_WIDTH, a.image.width) + 4 * 3
 
 
 def test_downloads_write_loadable_features_in_a_session_folder(engine):

@@ -25,6 +25,7 @@ from ..views import attention_view, matches_view, norms_view, pca_view, similari
 from .state import CMAPS, OTHER, SAME, SLOTS, Engine, Session, Slot
 
 log = logging.getLogger("dinoscope")
+PAGE_WIDTH = 1200  # about how wide the page shows a picture on a desktop screen
 
 
 @dataclass(frozen=True)
@@ -236,7 +237,10 @@ def attention(engine: Engine, session: Session, settings: Settings, slot: str = 
     who = "CLS" if att.query < 0 else f"patch {att.query}"
     message = (f"attention of {who} in block {att.layer} of image {slot}: {shares['patches']:.1%} to patches, "
                f"{shares['registers']:.1%} to registers, {shares['cls']:.1%} to CLS")
-    return attention_view(att, s.image, heads=bool(heads), cmap=cmap), message
+    # the page shows pictures about PAGE_WIDTH pixels wide: as many panels a row as fit at full size, so
+    # the per-head captions stay at their drawn size instead of being scaled down to a few pixels
+    columns = max(1, min(4, PAGE_WIDTH // max(1, s.image.width)))
+    return attention_view(att, s.image, heads=bool(heads), cmap=cmap, columns=columns), message
 
 
 def matching(engine: Engine, session: Session, settings: Settings, *, method: str = "hungarian", top_k: int = 50,
