@@ -131,11 +131,18 @@ MISSING = "vitl16 (not downloaded)"
 
 
 @pytest.fixture(scope="module")
-def shared(tiny_model_dir, tmp_path_factory):
+def chromium():
+    """One browser for the tests below (Playwright's sync API allows one at a time in a thread)."""
+    with browser() as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def shared(tiny_model_dir, tmp_path_factory, chromium):
     quiet_gradio_env(tmp_path_factory.mktemp("gradio"))
     models = {"tiny": str(tiny_model_dir), MISSING: str(tmp_path_factory.mktemp("nothing") / "absent")}
-    with served(tiny_model_dir, device="cpu", models=models) as (app, url), browser() as b:
-        page = b.new_page(viewport={"width": 1300, "height": 1250})
+    with served(tiny_model_dir, device="cpu", models=models) as (app, url):
+        page = chromium.new_page(viewport={"width": 1300, "height": 1250})
         page.goto(url)
         yield app, page
 
@@ -298,7 +305,7 @@ def test_a_model_that_is_not_here_is_refused_and_the_page_keeps_working(shared):
     _settle(page, status, "similarity to pixel")
 
 
-def test_a_large_image_does_not_block_another_users_page_and_can_be_cancelled(tiny_model_dir, tmp_path):
+def test_a_large_image_does_not_block_another_users_page_and_can_be_cancelled(tiny_model_dir, tmp_path, chromium):
     """Two browser contexts (two users): one's forward pass is held; the other's page loads, goes live, clicks."""
     import threading
 
@@ -319,7 +326,8 @@ def test_a_large_image_does_not_block_another_users_page_and_can_be_cancelled(ti
     engine = HeldForBig(tiny_model_dir, device="cpu", disk_cache=False)
     Image.new("RGB", (800, 600), (30, 60, 90)).save(tmp_path / "big.png")
     try:
-        with served(tiny_model_dir, engine=engine) as (_, url), browser() as b:
+        b = chromium
+        with served(tiny_model_dir, engine=engine) as (_, url):
             first = b.new_context(viewport={"width": 1300, "height": 1100}).new_page()
             first.goto(url)
             _live(first)
