@@ -2,10 +2,13 @@
 
 `build_app()` returns a Gradio Blocks app; `launch()` serves it (what `dinoscope ui` runs).
 
-* :mod:`.state`: the server's :class:`Engine` (models, feature LRU, limits) and each tab's :class:`Session`;
+* :mod:`.state`: the server's :class:`Engine` (models, feature cache, limits, budget) and each tab's :class:`Session`;
 * :mod:`.callbacks`: plain functions of an engine, a session and the widget values (tested without a browser);
 * :mod:`.layout`: the Gradio page, one function per part, and its wiring (the only module importing Gradio);
-* :mod:`.launch`: building and serving, deferring the Gradio import.
+* :mod:`.launch`: building and serving, deferring the Gradio import;
+* ``overlay.js``: the page's script (loaded with the page): the similarity map drawn on a canvas over
+  the photo, computed in the browser from features sent once per image; arrow keys; alt text; the
+  announced status.
 
 Exposed servers: the app binds 127.0.0.1 unless told otherwise and warns when it is not;
 URL loading is off unless enabled and then never reaches loopback, private, link-local or

@@ -1,10 +1,13 @@
 """The explorer's server state, without Gradio (so it is tested without a browser).
 
-* :class:`Engine` is shared by every user of one server: the models (loaded once, under a
-  lock, so forward passes never run concurrently), a bounded in-memory LRU of Features
-  keyed by (model, image digest, resolution, layer), and the server's limits.
-* :class:`Session` is one browser tab's state (its images, its last query, its temp dir),
-  held in a ``gr.State``: two tabs never see each other's images.
+* :class:`Engine` is shared by every user of one server: the models (loaded once, one load at
+  a time), the feature cache (:mod:`dinoscope.cache`: a MemoryCache before the disk cache),
+  forward passes side by side (a bounded number; one per image and settings), the explorer's
+  patch budget, and the server's limits.
+* :class:`Session` is one browser tab's state (its images, its last query, the views it has
+  open, its temp dir), held in a ``gr.State``: two tabs never see each other's images.
+* :func:`live_payload` / :meth:`Engine.live`: the unit float16 features the page computes hover
+  similarity from (up to :data:`LIVE_MAX_BYTES` per image; larger grids are answered per click).
 
 Exposed servers: URL loading is off unless enabled and then goes through the address guard of
 :mod:`dinoscope.download`; uploads are limited in bytes and pixels; no text from a user is ever
@@ -123,7 +126,8 @@ def _delete_session(session) -> None:
 
 
 class Engine:
-    """What every user of one server shares: models, the feature LRU, limits and the model lock."""
+    """What every user of one server shares: models, the feature cache, limits, the model lock and the
+    bound on parallel forward passes."""
 
     def __init__(self, model: str | os.PathLike = DEFAULT_MODEL, *, models: dict[str, str] | None = None,
                  device: str = "auto", dtype: str = "float32", loader: Callable | None = None,
