@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from . import analyses, collections, explorer
+from . import analyses, collections, explorer, insights
 from .errors import INTERRUPTED, run_guarded, say
 
 app = typer.Typer(
@@ -33,6 +33,8 @@ app.command()(analyses.models)
 app.command()(analyses.layers)
 app.command()(analyses.attention)
 app.command()(explorer.ui)
+for command in (insights.segments, insights.search, insights.atlas, insights.propagate):
+    app.command()(command)
 
 
 @contextlib.contextmanager
