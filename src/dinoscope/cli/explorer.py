@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
@@ -25,6 +26,9 @@ def ui(
                                                                   "(never local or private addresses).")] = False,
     max_upload_mb: Annotated[float, typer.Option(help="Largest upload accepted, in MB.")] = DEFAULT_UPLOAD_MB,
     max_pixels: Annotated[int, typer.Option("--max-pixels", help="Refuse images with more pixels than this.")] = DEFAULT_UI_PIXELS,
+    search_folder: Annotated[Optional[Path], typer.Option(
+        "--search-folder", help="A folder the Search tab searches: images, or the output folder of `dinoscope "
+                                "extract`.", show_default=False)] = None,
     *, opts: Options,
 ):
     """Interactive explorer in the browser: click a patch and see its similarity map, PCA, norms, attention, matches.
@@ -35,6 +39,10 @@ def ui(
         raise InputError(f"--port must be between 0 and 65535, not {port}")
     if max_upload_mb <= 0 or max_pixels <= 0:
         raise InputError("--max-upload-mb and --max-pixels must be positive")
+    if search_folder is not None:
+        from ..search_sources import open_collection
+
+        open_collection(search_folder, max_pixels=max_pixels)  # a missing or empty folder fails now, not at the first search
     try:
         import gradio  # noqa: F401  (checked here so a missing extra gets a one-line message)
     except ImportError:
@@ -44,7 +52,7 @@ def ui(
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     app, url = explorer.launch(opts.model, host=host, port=port, allow_urls=allow_urls, block=False,
                                device=opts.device, dtype=opts.dtype, max_upload_bytes=int(max_upload_mb * 1_000_000),
-                               max_pixels=max_pixels)
+                               max_pixels=max_pixels, search_folder=search_folder)
     typer.echo(f"dinoscope explorer: {url}  (Ctrl+C to stop)", err=False)
     sys.stdout.flush()
     explorer.serve_until_interrupted(app)

@@ -14,7 +14,7 @@ import matplotlib
 
 from ..images import SAMPLES
 from ..models import DEFAULT_MODEL
-from . import callbacks as cb
+from . import callbacks as cb, insights_tabs
 from .state import (
     CMAPS,
     OTHER,
@@ -405,11 +405,14 @@ def build_app(model: str | os.PathLike = DEFAULT_MODEL, *, engine: Engine | None
         with gr.Tabs():
             for tab in (_similarity_tab, _pca_tab, _norms_tab, _attention_tab, _matching_tab, _downloads_tab):
                 tab(w)
+            insights_tabs.segments_tab(w)
+            insights_tabs.search_tab(engine, w)
         wiring = _Wiring(engine, w)
         wiring.first_visit(app)
         wiring.images()
         wiring.similarity_tab()
         wiring.other_tabs()
         wiring.settings_changes()
+        insights_tabs.wire(wiring)
     app.dinoscope_engine = engine
     return app

@@ -135,7 +135,7 @@ class Engine:
                  max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, max_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS,
                  max_tokens: int = EXPLORER_MAX_TOKENS, allow_urls: bool = False, disk_cache: bool = True,
                  workdir: str | os.PathLike | None = None, parallel_passes: int = 2,
-                 live_max_bytes: int = LIVE_MAX_BYTES):
+                 live_max_bytes: int = LIVE_MAX_BYTES, search_folder: str | os.PathLike | None = None):
         self.default_model = os.fspath(model)
         choices = dict(models) if models is not None else {self._label(DEFAULT_MODEL): DEFAULT_MODEL,
                                                             **{_offline_label(name, spec): name
@@ -150,6 +150,8 @@ class Engine:
         self.max_entries, self.max_cache_bytes, self.max_models = max_entries, max_cache_bytes, max_models
         self.max_upload_bytes, self.max_pixels, self.max_tokens = max_upload_bytes, max_pixels, max_tokens
         self.allow_urls = allow_urls
+        self.search_folder = os.fspath(search_folder) if search_folder else None  # the Search tab's (ui/insights.py)
+        self.search_collection = None
         self.disk_cache = self._disk_cache() if disk_cache else None
         self.workdir = Path(tempfile.mkdtemp(prefix="dinoscope-ui-", dir=workdir))
         self.model_lock = threading.RLock()  # one model load at a time
