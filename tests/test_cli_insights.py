@@ -35,10 +35,13 @@ def test_segments_one_image_and_cosegments(cli, tiny_model_dir, tmp_path):
     assert "4 segments" in r.stdout
     with Image.open(out / "chelsea_segments_k4.png") as im:
         assert im.size == (451, 300) and im.mode == "RGB"
+    assert cli("segments", "sample:chelsea", "--k", "4", "--sharpen", *common).returncode == 0
+    with Image.open(out / "chelsea_segments_k4_sharp.png") as im:
+        assert im.size == (451, 300) and im.mode == "RGB"
     r = cli("segments", "sample:chelsea", "sample:coffee", "--k", "3", "--foreground", "--seed", "2", *common)
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in out.iterdir()) == ["chelsea_cosegments_k3_fg.png", "chelsea_segments_k4.png",
-                                                      "coffee_cosegments_k3_fg.png"]
+                                                      "chelsea_segments_k4_sharp.png", "coffee_cosegments_k3_fg.png"]
     with Image.open(out / "coffee_cosegments_k3_fg.png") as im:
         assert im.size == (600, 400)
     again = tmp_path / "again"

@@ -46,6 +46,8 @@ def test_segments_tab_draws_the_library_segments_and_cosegments(engine):
     assert picture.width == fa.geometry.image_size[0] + fb.geometry.image_size[0] + 8
     left = picture.crop((0, 0, *fa.geometry.image_size))
     assert _same(left, segments_view(joint.labels[0], fa.geometry, s.slots["A"].image, colours=palette(3)))
+    picture, message = tabs.segments(engine, s, _settings(engine), k=4, sharpen=True)
+    assert picture.size == s.slots["A"].image.size and "edges following the photo" in message
     assert engine.forward_passes == 2  # every drawing came from the cached features
 
 
@@ -114,3 +116,5 @@ def test_tabs_are_wired_and_errors_stay_in_the_page(engine):
     assert {"segments", "search"} <= set(fns)
     result = fns["search"].fn(ui.Session(), engine.default_label, "native", -1, tabs.IN_B, 20)
     assert result[-1].startswith("error: click a point on image A")
+    result = fns["segments"].fn(ui.Session(), engine.default_label, "native", -1, 4, False, False, False, 0.6)
+    assert result[-1].startswith("error: load image A first")

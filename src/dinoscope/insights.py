@@ -10,13 +10,15 @@ import csv
 import io
 from typing import Callable, Iterable, Sequence
 
+import numpy as np
 from PIL import Image
 
 from .analyses import query_index, query_vector
 from .analyses.search import Hit, search
-from .analyses.segments import Segments, cosegment
+from .analyses.segments import BACKGROUND, Segments, cosegment
+from .analyses.upsample import upsample
 from .errors import InputError
-from .sheets import palette, search_sheet, segments_view
+from .sheets import mask_view, palette, search_sheet, segments_view
 
 HIT_COLUMNS = ("image", "row", "col", "x0", "y0", "x1", "y1", "score")
 MISSING_PHOTO = (128, 128, 128)
@@ -34,14 +36,32 @@ def check_k(k) -> int:
 
 
 def segments_pictures(features: Sequence, images: Sequence[Image.Image], k: int = 6, *, seed: int = 0,
-                      foreground: bool = False, alpha: float = 0.6) -> tuple[Segments, list[Image.Image]]:
+                      foreground: bool = False, alpha: float = 0.6, sharpen: bool = False
+                      ) -> tuple[Segments, list[Image.Image]]:
     """One k-means over the patches of every image (co-segmentation when several), drawn over each photo
-    in one palette, so a colour is the same segment in every picture."""
+    in one palette, so a colour is the same segment in every picture. `sharpen` draws the boundaries at
+    pixel level, following the photo's edges (`sharp_labels`), instead of patch squares."""
     segments = cosegment(list(features), check_k(k), seed=seed, foreground_only=foreground)
     colours = palette(segments.k)
-    pictures = [segments_view(labels, f.geometry, image, alpha=alpha, colours=colours)
-                for labels, f, image in zip(segments.labels, features, images)]
+    if sharpen:
+        pictures = [mask_view(sharp_labels(labels, f.geometry, image, segments.k), colours, image, alpha=alpha,
+                              background=BACKGROUND) for labels, f, image in zip(segments.labels, features, images)]
+    else:
+        pictures = [segments_view(labels, f.geometry, image, alpha=alpha, colours=colours)
+                    for labels, f, image in zip(segments.labels, features, images)]
     return segments, pictures
+
+
+def sharp_labels(labels, geometry, photo: Image.Image, k: int) -> np.ndarray:
+    """Pixel labels (H, W) from a (rows, cols) label grid: each label's indicator upsampled guided by the photo
+    (joint bilateral, `analyses.upsample`), the most likely label kept; BACKGROUND (-1) where no label wins
+    (foreground-only background, and the margin a native grid leaves uncovered)."""
+    grid = np.asarray(labels)
+    channels = np.stack([grid == BACKGROUND] + [grid == i for i in range(k)], axis=-1).astype(np.float32)
+    probs = upsample(channels, geometry, photo, method="guided", fill=0.0)
+    out = probs.argmax(-1).astype(np.int64) - 1  # channel 0 is the background
+    out[probs.max(-1) <= 0] = BACKGROUND
+    return out
 
 
 def segments_summary(segments: Segments, names: Sequence[str]) -> str:

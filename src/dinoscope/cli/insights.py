@@ -59,12 +59,14 @@ def segments(
                                                   "component with fewer border patches); background left uncoloured.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the k-means initialisation (same seed, same segments).")] = 0,
     alpha: AlphaOpt = 0.6,
+    sharpen: Annotated[bool, typer.Option(help="Draw boundaries at pixel level, following the photo's edges (guided "
+                                               "upsampling) instead of patch squares.")] = False,
     *, opts: Options,
 ):
     """k-means segments of the patch features; several images are co-segmented (one clustering).
 
     Writes OUT/<name>_segments_k<K>.png (one image) or OUT/<name>_cosegments_k<K>.png for each image
-    (several); "_fg" is added with --foreground.
+    (several); "_fg" is added with --foreground, "_sharp" with --sharpen.
     """
     from ..collections import expand_inputs
     from ..insights import check_k, segments_pictures, segments_summary
@@ -76,9 +78,9 @@ def segments(
         raise InputError("the inputs name no images; give files, a folder, a glob or @LIST.txt")
     found = o.extractor(opts).extract_many([it.source for it in items])
     result, pictures = segments_pictures([f for _, f in found], [im for im, _ in found], k, seed=seed,
-                                         foreground=foreground, alpha=alpha)
+                                         foreground=foreground, alpha=alpha, sharpen=sharpen)
     kind = "segments" if len(items) == 1 else "cosegments"
-    suffix = f"_{kind}_k{k}" + ("_fg" if foreground else "")
+    suffix = f"_{kind}_k{k}" + ("_fg" if foreground else "") + ("_sharp" if sharpen else "")
     save_together({f"{it.name}{suffix}.png": picture for it, picture in zip(items, pictures)}, opts.out)
     typer.echo(segments_summary(result, [it.name for it in items]))
 

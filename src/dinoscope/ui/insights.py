@@ -24,7 +24,7 @@ MAX_HITS = 100
 
 
 def segments(engine: Engine, session: Session, settings: Settings, *, k=6, foreground: bool = False,
-             both: bool = False, alpha: float = 0.6, seed: int = 0):
+             both: bool = False, alpha: float = 0.6, seed: int = 0, sharpen: bool = False):
     """Segments of image A, or co-segments of A and B side by side (one clustering: one colour, one part)."""
     k = int(k) if isinstance(k, (int, float)) and float(k).is_integer() else k
     if not isinstance(k, int) or not 1 <= k <= MAX_K:
@@ -33,10 +33,12 @@ def segments(engine: Engine, session: Session, settings: Settings, *, k=6, foreg
     slots = [session.slot(n) for n in names]
     feats = [engine.features(settings.model, s, settings.resolution, settings.layer) for s in slots]
     result, pictures = segments_pictures(feats, [s.image for s in slots], k, seed=int(seed),
-                                         foreground=bool(foreground), alpha=_unit(alpha, "opacity"))
+                                         foreground=bool(foreground), alpha=_unit(alpha, "opacity"),
+                                         sharpen=bool(sharpen))
     picture = pictures[0] if len(pictures) == 1 else render.side_by_side(pictures, gap=8)
     what = "co-segments of A and B (one clustering)" if both else "segments of image A"
-    return picture, f"{result.k} {what}" + (", foreground only" if foreground else "")
+    return picture, f"{result.k} {what}" + (", foreground only" if foreground else "") + (
+        ", edges following the photo" if sharpen else "")
 
 
 def search_folder(engine: Engine) -> SearchCollection:

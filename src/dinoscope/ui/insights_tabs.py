@@ -18,6 +18,7 @@ def segments_tab(w: SimpleNamespace) -> None:
             w.seg_k = gr.Slider(1, ins.MAX_K, value=6, step=1, label="Segments (k)", elem_id="seg-k")
             w.seg_fg = gr.Checkbox(label="Foreground only", elem_id="seg-fg")
             w.seg_both = gr.Checkbox(label="A and B together", elem_id="seg-both")
+            w.seg_sharp = gr.Checkbox(label="Edges following the photo", elem_id="seg-sharp")
             w.seg_alpha = gr.Slider(0, 1, value=0.6, step=0.05, label="Opacity", elem_id="seg-alpha")
             w.seg_btn = gr.Button("Draw segments", variant="primary", elem_id="seg-go")
         w.seg_out = gr.Image(type="filepath", interactive=False, label="Segments", elem_id="seg-out",
@@ -45,9 +46,9 @@ def wire(wiring) -> None:
     """Connect both tabs through the page's own guard and settings (see layout._Wiring)."""
     w, e, s = wiring.w, wiring.engine, wiring.settings
     common = [w.session, *wiring.common]
-    w.seg_btn.click(wiring.guarded(lambda sess, m, r, l, k, fg, both, a: ins.segments(
-        e, sess, s(m, r, l), k=k, foreground=fg, both=both, alpha=a), 1),
-        [*common, w.seg_k, w.seg_fg, w.seg_both, w.seg_alpha], [w.seg_out, w.status], api_name="segments",
+    w.seg_btn.click(wiring.guarded(lambda sess, m, r, l, k, fg, both, sharp, a: ins.segments(
+        e, sess, s(m, r, l), k=k, foreground=fg, both=both, sharpen=sharp, alpha=a), 1),
+        [*common, w.seg_k, w.seg_fg, w.seg_both, w.seg_sharp, w.seg_alpha], [w.seg_out, w.status], api_name="segments",
         concurrency_limit=2)
     w.search_btn.click(wiring.guarded(lambda sess, m, r, l, scope, top: ins.search(
         e, sess, s(m, r, l), scope=scope, top=top), 2),

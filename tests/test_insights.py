@@ -1,0 +1,56 @@
+"""Segments drawn at pixel level (`insights.sharp_labels`) and the hit table: known answers on flat-colour photos."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from dinoscope.analyses.search import Hit
+from dinoscope.analyses.segments import BACKGROUND
+from dinoscope.geometry import Geometry, Resolution
+from dinoscope.insights import hits_csv, sharp_labels
+
+
+def _photo(split: int, width: int = 96, height: int = 64) -> Image.Image:
+    """Red left of x = split, blue from it on."""
+    a = np.zeros((height, width, 3), np.uint8)
+    a[:, :split] = (220, 30, 30)
+    a[:, split:] = (30, 30, 220)
+    return Image.fromarray(a)
+
+
+def _truth(split: int, width: int = 96, height: int = 64) -> np.ndarray:
+    return np.broadcast_to((np.arange(width) >= split).astype(np.int64), (height, width))
+
+
+def test_boundaries_on_patch_edges_are_kept_exactly():
+    geometry, _ = Geometry.for_image(96, 64, 16, Resolution())
+    labels = np.array([[0, 0, 0, 1, 1, 1]] * 4)
+    assert np.array_equal(sharp_labels(labels, geometry, _photo(48), 2), _truth(48))
+
+
+def test_a_boundary_inside_a_patch_follows_the_photo():
+    """The edge at x = 40 splits patch column 2 (x 32..47), labelled red: drawn as patch squares the edge sits at
+    x = 48; sharpened it follows the photo to x = 40."""
+    geometry, _ = Geometry.for_image(96, 64, 16, Resolution())
+    labels = np.array([[0, 0, 0, 1, 1, 1]] * 4)
+    sharp = sharp_labels(labels, geometry, _photo(40), 2)
+    squares = np.repeat(np.repeat(labels, 16, 0), 16, 1)
+    truth = _truth(40)
+    assert (squares != truth).sum() == 8 * 64
+    assert (sharp != truth).sum() < 0.1 * (squares != truth).sum()
+
+
+def test_background_and_the_uncovered_margin_stay_background():
+    geometry, _ = Geometry.for_image(100, 70, 16, Resolution())  # native: 6x4 patches cover 96x64
+    labels = np.array([[BACKGROUND, 0, 0, 1, 1, 1]] * 4)
+    out = sharp_labels(labels, geometry, _photo(48, 100, 70), 2)
+    assert out.shape == (70, 100)
+    assert (out[:, 96:] == BACKGROUND).all() and (out[64:] == BACKGROUND).all()
+    assert (out[:, :12] == BACKGROUND).all() and (out[:64, 20:44] == 0).all() and (out[:64, 52:92] == 1).all()
+
+
+def test_hits_csv_columns_and_rounding():
+    geometry, _ = Geometry.for_image(96, 64, 16, Resolution())
+    hit = Hit("a/b", 7, 1, 1, geometry.box(7), 0.123456789, geometry)
+    assert hits_csv([hit]).splitlines() == ["image,row,col,x0,y0,x1,y1,score", "a/b,1,1,16.0,16.0,32.0,32.0,0.123457"]
