@@ -54,3 +54,49 @@ def test_hits_csv_columns_and_rounding():
     geometry, _ = Geometry.for_image(96, 64, 16, Resolution())
     hit = Hit("a/b", 7, 1, 1, geometry.box(7), 0.123456789, geometry)
     assert hits_csv([hit]).splitlines() == ["image,row,col,x0,y0,x1,y1,score", "a/b,1,1,16.0,16.0,32.0,32.0,0.123457"]
+
+
+def _features(seed: int, rows: int = 3, cols: int = 4, dim: int = 8):
+    import torch
+
+    from dinoscope.features import Features
+
+    g = torch.Generator().manual_seed(seed)
+    geometry = Geometry(16, rows, cols, (cols * 16, rows * 16), (cols * 16, rows * 16), False)
+    return Features(torch.randn(dim, generator=g), torch.zeros(0, dim), torch.randn(rows, cols, dim, generator=g),
+                    geometry)
+
+
+def test_search_sources_tell_extract_folders_ray_shards_and_images_apart(tmp_path):
+    import pytest
+
+    pytest.importorskip("pyarrow")
+    from dinoscope.analyses.search import search
+    from dinoscope.collections import Item, write_manifest
+    from dinoscope.errors import InputError
+    from dinoscope.ray_engine import SHARDS, _write_shard
+    from dinoscope.search_sources import open_collection
+
+    photo = tmp_path / "b.png"
+    Image.new("RGB", (64, 48), "red").save(photo)
+    plain, ray, images = tmp_path / "plain", tmp_path / "ray", tmp_path / "images"
+    for i, name in enumerate(["a", "b"]):
+        _features(i).save(plain / f"{name}.safetensors")
+    write_manifest(plain, [{"source": str(photo), "name": "b", "status": "ok", "outputs": ["b.safetensors"]}])
+    _write_shard(ray / SHARDS / "part-0.parquet", [(Item(f"{n}.png", n), None, _features(i)) for i, n in
+                                                   enumerate(["a", "b"])])
+    images.mkdir()
+    Image.new("RGB", (64, 48), "blue").save(images / "c.png")
+    query = _features(1).flat[5]  # patch 5 of "b"
+    for folder, kind in ((plain, "features"), (ray, "shards")):
+        collection = open_collection(folder)
+        assert collection.kind == kind
+        hits = search(query, collection.features(), top=1)
+        assert (hits[0].name, hits[0].index) == ("b", 5)
+    photo_of = open_collection(plain).photo
+    assert photo_of("b").size == (64, 48) and photo_of("a") is None  # through the manifest; "a" has no record
+    assert open_collection(images).kind == "images" and list(open_collection(images).sources) == ["c"]
+    with pytest.raises(InputError, match="no such folder"):
+        open_collection(tmp_path / "nope")
+    with pytest.raises(InputError, match="needs a model"):
+        next(open_collection(images).features())
