@@ -97,7 +97,7 @@ def open_collection(spec: str | os.PathLike, *, exclude: str | os.PathLike | Non
                 sources[name] = source if os.path.isabs(source) or "://" in source or source.startswith("sample:") \
                     else os.fspath(Path(source).resolve())
         return SearchCollection(kind, folder, sources, max_pixels=max_pixels)
-    named_otherwise = any(c in text for c in "*?[") or text.startswith("@") or "://" in text or text.startswith("sample:")
+    named_otherwise = any(c in text for c in "*?[") or text.startswith(("@", "sample:")) or "://" in text
     if not folder.exists() and not named_otherwise:
         raise InputError(f"--in {text}: no such folder; give a folder of images, a quoted glob, @LIST.txt or the "
                          "output folder of `dinoscope extract`")

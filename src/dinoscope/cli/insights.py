@@ -55,8 +55,9 @@ def save_together(outputs: dict, out: Path) -> list[Path]:
 def segments(
     images: ImagesArg = None,
     k: Annotated[int, typer.Option("--k", "-k", help="Number of segments (k-means clusters).")] = 6,
-    foreground: Annotated[bool, typer.Option(help="Cluster foreground patches only (the side of the first principal "
-                                                  "component with fewer border patches); background left uncoloured.")] = False,
+    foreground: Annotated[bool, typer.Option(
+        help="Cluster foreground patches only (the side of the first principal component with fewer border "
+             "patches); background left uncoloured.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of the k-means initialisation (same seed, same segments).")] = 0,
     alpha: AlphaOpt = 0.6,
     sharpen: Annotated[bool, typer.Option(help="Draw boundaries at pixel level, following the photo's edges (guided "
@@ -143,7 +144,8 @@ def atlas(
     layer_list: Annotated[str, typer.Option("--layers", help="Blocks to compare, e.g. 0,3,6,9,-1 (negative from the "
                                                              "end), or all.")] = "all",
     models: Annotated[Optional[str], typer.Option(
-        "--models", help="Several models, one row each, e.g. vits16,vitb16 (default: --model).", show_default=False)] = None,
+        "--models", help="Several models, one row each, e.g. vits16,vitb16 (default: --model).",
+        show_default=False)] = None,
     debiased: Annotated[bool, typer.Option("--debiased", help="Debiased CKA (Song et al. 2012) instead of the "
                                                               "standard estimator.")] = False,
     outlier_k: Annotated[float, typer.Option("--outlier-k", help="A token is a high-norm outlier above median + K "
@@ -154,7 +156,8 @@ def atlas(
 ):
     """Layers and models side by side in PCA colours, with CKA, token-norm and attention numbers.
 
-    Layers are columns, models rows (one PCA basis per row); the numbers: linear CKA between layers and between models, token-norm statistics with high-norm outliers, and
+    Layers are columns, models rows (one PCA basis per row); the numbers: linear CKA between layers
+    and between models, token-norm statistics with high-norm outliers, and
     the register share of CLS attention per layer.
 
     Writes OUT/<name>_atlas.png, OUT/<name>_cka.png, OUT/<name>_atlas.json and OUT/<name>_atlas.csv.
@@ -186,8 +189,8 @@ def atlas(
     numbers = _atlas_numbers(source, rows, labels, model_cka, debiased, outlier_k)
     name = stem(image)
     save_together({f"{name}_atlas.png": sheet, f"{name}_cka.png": picture,
-                   f"{name}_atlas.json": json.dumps(numbers, indent=1) + "\n", f"{name}_atlas.csv": _atlas_csv(numbers)},
-                  opts.out)
+                   f"{name}_atlas.json": json.dumps(numbers, indent=1) + "\n",
+                   f"{name}_atlas.csv": _atlas_csv(numbers)}, opts.out)
 
 
 def _short_model(name: str) -> str:
@@ -280,7 +283,8 @@ def propagate(
 ):
     """Follow a first-frame mask through a video by feature similarity (k-NN label propagation).
 
-    The protocol of the DINO papers. Writes OUT/<name>_propagated.mp4 (the masks over the frames) and OUT/<name>_masks/frame_NNNNN.png
+    The protocol of the DINO papers. Writes OUT/<name>_propagated.mp4 (the masks over the frames) and
+    OUT/<name>_masks/frame_NNNNN.png
     (palette PNGs in the mask's colours, numbered by video frame from 1).
 
     Needs PyAV: pip install "dinoscope[video]".
@@ -300,10 +304,11 @@ def propagate(
     extractor.max_pixels = None  # frames come decoded, not from files
     extractor.cache = None  # each frame is read once: caching frames would only evict the user's images
     bars = PhaseBars(opts.progress)
+    total = _expected(info, stride, max_frames)
     try:
         frames = _propagate_video(clip, labels, colours, extractor, settings, opts.out, stride=stride,
                                   max_frames=max_frames or None, alpha=alpha, fps=info.fps / stride,
-                                  progress=lambda done: bars("frames: propagating", done, _expected(info, stride, max_frames)))
+                                  progress=lambda done: bars("frames: propagating", done, total or done))
     finally:
         bars.close()
     typer.echo(f"{frames} frame(s) of {info.width}x{info.height}, {len(colours)} labels (background included)")
