@@ -118,3 +118,14 @@ def test_tabs_are_wired_and_errors_stay_in_the_page(engine):
     assert result[-1].startswith("error: click a point on image A")
     result = fns["segments"].fn(ui.Session(), engine.default_label, "native", -1, 4, False, False, False, 0.6)
     assert result[-1].startswith("error: load image A first")
+
+
+@pytest.mark.parametrize("make,word", [(lambda p: None, "no such folder"), (lambda p: p.mkdir(), "holds no image")])
+def test_cli_ui_refuses_a_missing_or_empty_search_folder_before_serving(make, word, tmp_path, capsys):
+    from dinoscope.cli import main
+
+    folder = tmp_path / "photos"
+    make(folder)
+    assert main(["ui", "--search-folder", str(folder), "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and word in err[0]
