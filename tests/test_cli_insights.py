@@ -8,10 +8,13 @@ import os
 
 import numpy as np
 import pytest
+import test_cli
 from PIL import Image
+from test_cli import assert_clean_failure, run
 
 from dinoscope.images import SAMPLES, load_image
-from test_cli import assert_clean_failure, cli, run  # noqa: F401  (cli is a fixture)
+
+cli = test_cli.cli  # the fixture that runs main() in this process
 
 
 def _no_output(out):
@@ -146,7 +149,8 @@ def test_atlas_writes_sheet_heatmap_and_numbers(cli, tiny_model_dir, tmp_path):
     assert block["grid"] == [25, 37] and block["norm_threshold"] > block["norm_median"]
     shares = [block[f"cls_attention_to_{p}"] for p in ("cls", "registers", "patches")]
     assert sum(shares) == pytest.approx(1, abs=1e-4) and shares[1] > 0  # the tiny model has 4 registers
-    rows = list(csv.DictReader(open(out / "coffee_atlas.csv")))
+    with open(out / "coffee_atlas.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     assert len(rows) == 4 and rows[1]["block"] == "1" and float(rows[1]["outlier_share"]) == block["outlier_share"]
     with Image.open(out / "coffee_atlas.png") as im:
         assert im.height > 2 * 160  # two rows of 160-pixel cells and their labels

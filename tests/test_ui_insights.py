@@ -7,12 +7,12 @@ import pytest
 
 pytest.importorskip("gradio", reason="the explorer needs the ui extra: pip install 'dinoscope[ui]'")
 
-from dinoscope import ui  # noqa: E402
-from dinoscope.analyses import Pixel, query_index  # noqa: E402
-from dinoscope.analyses.segments import cosegment  # noqa: E402
-from dinoscope.errors import InputError  # noqa: E402
-from dinoscope.sheets import palette, segments_view  # noqa: E402
-from dinoscope.ui import insights as tabs  # noqa: E402
+from dinoscope import ui
+from dinoscope.analyses import Pixel, query_index
+from dinoscope.analyses.segments import cosegment
+from dinoscope.errors import InputError
+from dinoscope.sheets import palette, segments_view
+from dinoscope.ui import insights as tabs
 
 
 @pytest.fixture

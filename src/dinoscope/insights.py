@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from .analyses.search import BASIS_FILE, saved_features
 from .collections import Item, expand_inputs, read_manifest, stream_features

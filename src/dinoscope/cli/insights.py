@@ -11,17 +11,17 @@ import json
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from ..errors import InputError
 from ..files import atomic_path
 from . import options as o
-from .options import CACHE, EXTRACTION, INPUT, MODEL, CellOpt, ImageArg, Options, PatchOpt, PixelOpt, shared
+from .options import EXTRACTION, INPUT, MODEL, CellOpt, ImageArg, Options, PatchOpt, PixelOpt, shared
 from .output import PhaseBars, stem
 
-ImagesArg = Annotated[Optional[list[str]], typer.Argument(
+ImagesArg = Annotated[list[str] | None, typer.Argument(
     help=f"{o.SAMPLE_HELP}; default {o.DEFAULT_SAMPLE}. Several images (or a folder, a quoted glob, @LIST.txt) are "
          "segmented together: one clustering, the same colour for the same part in every picture.",
     show_default=False)]
@@ -138,12 +138,12 @@ def search(
         typer.echo(f"{len(collection.failures)} image(s) of the collection could not be read (see the notices above)")
 
 
-@shared(*MODEL, *INPUT, "prenorm", *CACHE, "out")
+@shared(*MODEL, *INPUT, "prenorm", "out")
 def atlas(
     image: ImageArg = None,
     layer_list: Annotated[str, typer.Option("--layers", help="Blocks to compare, e.g. 0,3,6,9,-1 (negative from the "
                                                              "end), or all.")] = "all",
-    models: Annotated[Optional[str], typer.Option(
+    models: Annotated[str | None, typer.Option(
         "--models", help="Several models, one row each, e.g. vits16,vitb16 (default: --model).",
         show_default=False)] = None,
     debiased: Annotated[bool, typer.Option("--debiased", help="Debiased CKA (Song et al. 2012) instead of the "
