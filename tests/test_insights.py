@@ -71,10 +71,14 @@ def test_search_sources_tell_extract_folders_ray_shards_and_images_apart(tmp_pat
     import pytest
 
     pytest.importorskip("pyarrow")
+    import json
+
+    import pyarrow.parquet as pq
+
     from dinoscope.analyses.search import search
-    from dinoscope.collections import Item, write_manifest
     from dinoscope.errors import InputError
-    from dinoscope.ray_engine import SHARDS, _write_shard
+    from dinoscope.inputs import Item
+    from dinoscope.ray_engine import SHARDS, shard_table
     from dinoscope.search_sources import open_collection
 
     photo = tmp_path / "b.png"
@@ -82,9 +86,11 @@ def test_search_sources_tell_extract_folders_ray_shards_and_images_apart(tmp_pat
     plain, ray, images = tmp_path / "plain", tmp_path / "ray", tmp_path / "images"
     for i, name in enumerate(["a", "b"]):
         _features(i).save(plain / f"{name}.safetensors")
-    write_manifest(plain, [{"source": str(photo), "name": "b", "status": "ok", "outputs": ["b.safetensors"]}])
-    _write_shard(ray / SHARDS / "part-0.parquet", [(Item(f"{n}.png", n), None, _features(i)) for i, n in
-                                                   enumerate(["a", "b"])])
+    record = {"source": str(photo), "name": "b", "status": "ok", "outputs": ["b.safetensors"]}
+    (plain / "manifest.jsonl").write_text(json.dumps(record) + "\n")
+    (ray / SHARDS).mkdir(parents=True)
+    pq.write_table(shard_table([(Item(f"{n}.png", n), None, _features(i)) for i, n in enumerate(["a", "b"])]),
+                   ray / SHARDS / "part-0.parquet")
     images.mkdir()
     Image.new("RGB", (64, 48), "blue").save(images / "c.png")
     query = _features(1).flat[5]  # patch 5 of "b"

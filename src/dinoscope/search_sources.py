@@ -21,12 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .analyses.search import BASIS_FILE, saved_features
-from .collections import Item, expand_inputs, read_manifest, stream_features
+from .collections import stream_features
 from .errors import DinoscopeError, InputError
 from .images import load_image
-from .ray_engine import SHARDS, load_feature_shard
+from .inputs import Item, expand_inputs
+from .manifest import read_manifest
 
 log = logging.getLogger("dinoscope")
+SHARDS = "features"  # ray_engine.SHARDS, named here because ray_engine needs pyarrow (the ray extra) to import
 
 
 @dataclass
@@ -47,6 +49,8 @@ class SearchCollection:
         if self.kind == "features":
             yield from saved_features(self.root)
         elif self.kind == "shards":
+            from .ray_engine import load_feature_shard  # the ray extra: only for a Ray collection
+
             for shard in sorted((self.root / SHARDS).glob("*.parquet")):
                 yield from sorted(load_feature_shard(shard).items())
         else:
