@@ -144,13 +144,13 @@ def load_model(source: str | os.PathLike = DEFAULT_MODEL, *, device: str | None 
             _check_memory(lookup(name).params, "float32", dev, text)  # built in float32 before any cast
         module, revision = random_model(name), "random-seed0"
     elif path.is_dir():
-        _check_folder_limits(path, dtype_name, dev, text)
+        _check_folder_limits(path, dtype_name, dev, text, check_memory)
         if check_memory:
             _check_memory(_count_folder(path), dtype_name, dev, text)
         folder, revision = path, _fingerprint(path)
         module = _load_transformers_folder(folder, text, attention)
     elif path.is_file():
-        _check_bytes(limits.checkpoint_bytes(path), dev, text)  # before anything is inflated or allocated
+        limits.checkpoint_bytes(path)  # a zip bomb or a broken header refused before anything is inflated
         if check_memory:
             _check_memory(_count_file(path), dtype_name, dev, text)
         module, revision = _load_file(path, torch_dtype), _fingerprint_file(path)
@@ -307,21 +307,13 @@ def _check_memory(params: int | None, dtype: str, device, what: str) -> None:
         )
 
 
-def _check_bytes(nbytes: int | None, device, what: str) -> None:
-    from .registry import human_bytes
-
-    free = available_memory(device) if nbytes else None
-    if free is not None and nbytes > free:
-        raise ModelError(f"{what} holds {human_bytes(nbytes)} of weights, more than the {human_bytes(free)} free on "
-                         f"{device.type}; pick a smaller model (`dinoscope models`) or free memory")
-
-
-def _check_folder_limits(folder: Path, dtype: str, device, what: str) -> None:
-    """A folder's weights files and config.json, checked against memory before anything is built."""
+def _check_folder_limits(folder: Path, dtype: str, device, what: str, check_memory: bool) -> None:
+    """A folder's weights files (headers, without inflating) and the model its config.json asks for (against
+    memory), before anything is built."""
     for weights in sorted(folder.glob("*.safetensors")):
-        _check_bytes(limits.safetensors_bytes(weights), device, what)
+        limits.safetensors_bytes(weights)
     config = folder / "config.json"
-    if config.is_file():
+    if check_memory and config.is_file():
         try:
             parsed = json.loads(read_bounded(config, 2**20, "the model config").decode("utf-8"))
         except (OSError, ValueError) as exc:
