@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 from . import analyses
 from .analyses import PCABasis
 from .cache import scratch_layer
-from .errors import DinoscopeError, ModelError
+from .errors import DinoscopeError, ModelError, redact
 from .files import clean_leftovers
 from .inputs import IMAGE_SUFFIXES, Item, expand_inputs, is_collection
 from .jobs import KINDS, BasisMismatch, Job
@@ -81,7 +81,7 @@ def recipe(extractor, job: Job) -> dict:
 
 def ok_record(item: Item, outputs: list[str], features, image, made: dict | None = None) -> dict:
     g = features.geometry
-    record = {"source": item.source, "name": item.name, "status": "ok", "outputs": outputs, "grid": [g.rows, g.cols],
+    record = {"source": redact(item.source), "name": item.name, "status": "ok", "outputs": outputs, "grid": [g.rows, g.cols],
               "size": list(image.size)}
     if made is not None:
         record["made_from"] = {**made, "input": input_digest(item.source)}
@@ -89,8 +89,8 @@ def ok_record(item: Item, outputs: list[str], features, image, made: dict | None
 
 
 def failed_record(item: Item, message: str) -> dict:
-    return {"source": item.source, "name": item.name, "status": "failed", "outputs": [], "grid": None,
-            "error": " ".join(str(message).split())}
+    return {"source": redact(item.source), "name": item.name, "status": "failed", "outputs": [], "grid": None,
+            "error": redact(" ".join(str(message).split()))}
 
 
 # --------------------------------------------------------------------------- the work on one batch (every engine)
@@ -160,7 +160,7 @@ def process(extractor, job: Job, out: Path, items: Sequence[Item], *, accumulato
         errors.clear()
         if accumulator is not None:
             accumulator.observe(feats)
-            yield {"source": item.source, "name": item.name, "status": "ok"}
+            yield {"source": redact(item.source), "name": item.name, "status": "ok"}
             continue
         try:
             outputs = job.write(out, item.name, image, feats)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save_file
+from safetensors.numpy import load as load_arrays, save as serialize
 
 from .errors import InputError
 from .files import atomic_path
@@ -79,9 +79,29 @@ class Features:
         # written from NumPy: the same bytes as safetensors.torch writes for float32, without importing torch
         tensors = {"cls": _as_array(self.cls), "registers": _as_array(self.registers),
                    "patches": _as_array(self.patches)}
+        data = serialize(tensors, metadata=self.metadata())
         with atomic_path(path) as tmp:
-            save_file(tensors, os.fspath(tmp), metadata=self.metadata())
+            tmp.write_bytes(data)  # written by Python, so a full disk is an OSError with its errno
         return Path(path)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, label: str | os.PathLike = "features", *, framework: str = "pt") -> "Features":
+        """Features from the bytes of a features file already read (e.g. read once and checksummed)."""
+        try:
+            size = int.from_bytes(data[:8], "little")
+            meta = json.loads(bytes(data[8:8 + size])).get("__metadata__") or {}
+            tensors = load_arrays(bytes(data))
+            geometry = Geometry.from_json(meta["geometry"])
+            extra = json.loads(meta.get("extra", "{}"))
+        except (KeyError, ValueError, RuntimeError, AttributeError, SafetensorError) as exc:
+            raise InputError(f"{label} is not a dinoscope features file ({exc}); write one with `dinoscope extract`") from exc
+        if framework == "pt":
+            import torch  # asked for torch tensors: torch is loaded already
+
+            tensors = {k: torch.from_numpy(v) for k, v in tensors.items()}
+        return cls(tensors["cls"], tensors["registers"], tensors["patches"], geometry,
+                   model=meta.get("model", ""), revision=meta.get("revision", ""), dtype=meta.get("dtype", "float32"),
+                   layer=int(meta.get("layer", -1)), normed=meta.get("normed", "true") == "true", extra=extra)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, framework: str = "pt") -> "Features":

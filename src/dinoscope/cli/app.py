@@ -12,6 +12,7 @@ import sys
 
 import typer
 
+from ..errors import redact
 from . import analyses, collections, explorer, insights
 from .errors import INTERRUPTED, run_guarded, say
 
@@ -37,13 +38,18 @@ for command in (insights.segments, insights.search, insights.atlas, insights.pro
     app.command()(command)
 
 
+class _RedactingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
 @contextlib.contextmanager
 def _notices_on_stderr():
     """Library notices (logger "dinoscope") as "dinoscope: ..." lines on stderr for the run, then as before."""
     logger = logging.getLogger("dinoscope")
     saved = logger.handlers[:], logger.level, logger.propagate
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("dinoscope: %(message)s"))
+    handler.setFormatter(_RedactingFormatter("dinoscope: %(message)s"))
     logger.handlers[:] = [handler]
     logger.setLevel(logging.INFO)
     logger.propagate = False

@@ -16,6 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import InputError
+from ..files import check_writable_folder, transaction
 from ..geometry import DEFAULT_MAX_PIXELS, DEFAULT_MAX_TOKENS
 from ..models import DEFAULT_MODEL
 
@@ -132,7 +133,14 @@ def shared(*names: str):
         @functools.wraps(command)
         def run(**given):
             opts = Options(**{name: given.pop(name) for name in names})
-            return command(**given, opts=opts)
+            check(opts, names)
+            if "out" not in names:
+                return command(**given, opts=opts)
+            check_writable_folder(opts.out)  # before the model loads and before any forward pass
+            if _names_a_collection(given.get("images")):
+                return command(**given, opts=opts)  # a collection commits each input on its own
+            with transaction():  # one command's outputs appear together or not at all
+                return command(**given, opts=opts)
 
         del run.__wrapped__  # typer must see the signature below, not the command's own
         run.__signature__ = inspect.Signature(own + extra)
@@ -187,6 +195,44 @@ def layer_list(text: str) -> list[int]:
     if not picked:
         raise InputError("give at least one layer, e.g. --layers 3,6,9,-1")
     return picked
+
+
+def _names_a_collection(images) -> bool:
+    from ..collections import is_collection
+
+    return bool(images) and is_collection(images)
+
+
+def check(opts: Options, names=None) -> None:
+    """The shared options that can be checked without a model, checked now (flag names in every message)."""
+    names = set(names or FLAGS)
+    if "resolution" in names:
+        from ..geometry import Resolution
+
+        Resolution.parse(opts.resolution)
+    if "max_tokens" in names:
+        at_least(opts.max_tokens, 0, "--max-tokens")
+    if "max_pixels" in names:
+        at_least(opts.max_pixels, 1, "--max-pixels")
+    if "batch_size" in names:
+        check_batch_size(opts)
+    if "device" in names:
+        from ..models.loading import resolve_device, resolve_dtype
+
+        resolve_device(opts.device)
+        resolve_dtype(opts.dtype)
+
+
+def at_least(value, low, flag: str) -> None:
+    if value < low:
+        raise InputError(f"{flag} must be at least {low}, got {value}")
+
+
+def fraction(value: float, flag: str) -> float:
+    """A number from 0 to 1 (an opacity); NaN is refused."""
+    if not 0.0 <= value <= 1.0:  # NaN fails both comparisons
+        raise InputError(f"{flag} must be between 0 and 1, got {value}")
+    return value
 
 
 def check_batch_size(opts: Options) -> None:

@@ -19,7 +19,7 @@ from PIL import Image
 
 from .. import render
 from ..analyses import CLS, PCABasis, Pixel, query_index, similarity_map
-from ..errors import DinoscopeError, InputError
+from ..errors import DinoscopeError, InputError, redact
 from ..files import write_text
 from ..views import attention_view, matches_view, norms_view, pca_view, similarity_view
 from .state import CMAPS, OTHER, SAME, SLOTS, Engine, Session, Slot
@@ -306,9 +306,9 @@ def _components(text) -> list[int]:
 
 def _message(exc: BaseException) -> str:
     if isinstance(exc, DinoscopeError):
-        return f"error: {exc}"
+        return redact(f"error: {exc}")
     log.exception("explorer callback failed")
-    return f"internal error: {type(exc).__name__}: {exc}"
+    return redact(f"internal error: {type(exc).__name__}: {exc}")
 
 
 KEEP_PICTURES = 8  # per session: Gradio has its own copy once it has answered
