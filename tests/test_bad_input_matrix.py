@@ -21,6 +21,9 @@ COMMANDS = {
     "extract": lambda img: ["extract", img],
     "match-first": lambda img: ["match", img, "sample:chelsea"],
     "match-second": lambda img: ["match", "sample:chelsea", img],
+    "segments": lambda img: ["segments", img, "--k", "2"],
+    "atlas": lambda img: ["atlas", img],
+    "search-query": lambda img: ["search", img, "--in", "sample:coffee", "--top", "3"],
 }
 
 

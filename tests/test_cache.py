@@ -301,3 +301,85 @@ def test_scratch_layer_is_private_and_removed(tmp_path):
         scratch = layered.front.folder
         assert scratch.is_dir() and any(scratch.rglob("*.safetensors"))
     assert not scratch.exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# integrity: checksums of the tensor data, and a full cache disk
+
+
+def _tensor_region(path: Path) -> tuple[int, dict]:
+    import json
+
+    data = path.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    return 8 + size, {k: v["data_offsets"] for k, v in header.items() if k != "__metadata__"}
+
+
+@pytest.mark.parametrize("tensor", ["cls", "registers", "patches"])
+def test_damaged_tensor_bytes_are_dropped_with_a_notice(tensor, tmp_path, caplog):
+    cache = FeatureCache(tmp_path / "c")
+    feats = _features()
+    path = cache.put(_key(), feats)
+    assert torch.equal(cache.get(_key()).patches, feats.patches)  # intact: a hit
+    base, offsets = _tensor_region(path)
+    start, end = offsets[tensor]
+    data = bytearray(path.read_bytes())
+    data[base + (start + end) // 2] ^= 0x40  # one flipped bit inside the tensor: still a valid file
+    path.write_bytes(bytes(data))
+    assert Features.load(path).patches.shape == feats.patches.shape  # the file itself still reads
+    assert cache.get(_key()) is None
+    assert "damaged" in caplog.text and not path.exists()
+
+
+def test_damaged_entry_is_recomputed_by_the_extractor(tiny_model_dir, tmp_path, caplog):
+    cache = FeatureCache(tmp_path / "c")
+    ex = Extractor(tiny_model_dir, device="cpu", cache=cache)
+    image, computed = ex("sample:chelsea")
+    path = cache.path(ex.cache_key(image))
+    base, offsets = _tensor_region(path)
+    data = bytearray(path.read_bytes())
+    start, end = offsets["patches"]
+    data[base + start:base + start + 64] = bytes(64)  # a zeroed run, as a bad sector would leave
+    path.write_bytes(bytes(data))
+    again = Extractor(tiny_model_dir, device="cpu", cache=FeatureCache(tmp_path / "c"))
+    _, recomputed = again("sample:chelsea")
+    assert again.forward_passes == 1 and torch.equal(recomputed.patches, computed.patches)
+    assert "damaged" in caplog.text
+    third = Extractor(tiny_model_dir, device="cpu", cache=FeatureCache(tmp_path / "c"))
+    third("sample:chelsea")
+    assert third.forward_passes == 0  # the rewritten entry is whole again
+
+
+def _small_tmpfs(folder: Path) -> Path:
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True,
+                          check=False)
+    if done.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root); the injected ENOSPC test covers this")
+    return folder
+
+
+def test_full_cache_disk_never_fails_a_run(tiny_model_dir, tmp_path, caplog):
+    small = _small_tmpfs(tmp_path / "small")
+    try:
+        ex = Extractor(tiny_model_dir, device="cpu", cache=FeatureCache(small / "c"))
+        _, feats = ex("sample:chelsea")  # the entry (~300 kB) cannot fit in 64 kB
+        assert feats.patches.shape[:2] == (18, 28)
+        assert "cannot be written" in caplog.text and "no space" in caplog.text.lower()
+        assert not any(p.is_file() for p in small.rglob("*"))  # no half-written entry or temporary file
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
+
+
+def test_injected_full_disk_on_put_is_a_notice(tiny_model_dir, tmp_path, caplog, monkeypatch):
+    import errno
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    cache = FeatureCache(tmp_path / "c")
+    assert cache.put(_key(), _features()) is None
+    assert "cannot be written" in caplog.text and "no space" in caplog.text.lower()
+    assert not any(p.is_file() for p in (tmp_path / "c").rglob("*"))

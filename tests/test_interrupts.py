@@ -71,3 +71,27 @@ def test_interrupted_cli_run_leaves_only_complete_files(tiny_model_dir, tmp_path
         assert path.suffix == ".safetensors" and not path.name.startswith("."), path.name
         with safe_open(str(path), "pt") as f:
             assert tuple(f.get_tensor("patches").shape)[-1] == 64
+
+
+def test_interrupt_between_outputs_of_one_command_leaves_none(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """`all` writes several pictures as one transaction: Ctrl+C after some of them are written leaves none,
+    and no temporary file either."""
+    from PIL import Image
+
+    from dinoscope.cli import main
+
+    real_save, saved = Image.Image.save, []
+
+    def save_then_interrupt(picture, *args, **kwargs):
+        real_save(picture, *args, **kwargs)
+        saved.append(args[0] if args else None)
+        if len(saved) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Image.Image, "save", save_then_interrupt)
+    out = tmp_path / "out"
+    code = main(["all", "sample:chelsea", "--match", "sample:coffee", "--model", str(tiny_model_dir),
+                 "--out", str(out)])
+    assert code == 130 and len(saved) == 3
+    assert not out.exists() or list(out.iterdir()) == []
+    assert "wrote" not in capsys.readouterr().out

@@ -86,9 +86,11 @@ def test_query_box_is_drawn_on_the_query_patch_and_not_for_cls(pixel_backbone):
     image = noise(100, 120, seed=3)
     f = features_of(pixel_backbone, image)
     picture = np.asarray(similarity_view(f, 13, Image.fromarray(image), alpha=0.0))
-    red = (picture[..., 0] == 255) & (picture[..., 1] == 0) & (picture[..., 2] == 0)
-    ys, xs = np.nonzero(red)
+    white = (picture == 255).all(axis=-1)  # the box: white on the patch's edge, black just outside it
+    ys, xs = np.nonzero(white)
     r, c = f.geometry.cell(13)
     assert (xs.min(), xs.max(), ys.min(), ys.max()) == (c * 16, c * 16 + 15, r * 16, r * 16 + 15)
+    for x, y in ((c * 16 - 1, r * 16 + 8), (c * 16 + 16, r * 16 + 8), (c * 16 + 8, r * 16 - 1), (c * 16 + 8, r * 16 + 16)):
+        assert tuple(picture[y, x]) == (0, 0, 0), (x, y)
     cls_picture = np.asarray(similarity_view(f, -1, Image.fromarray(image), alpha=0.0))
     np.testing.assert_array_equal(cls_picture, image)  # alpha 0 and no box: the photo itself

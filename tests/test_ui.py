@@ -5,16 +5,17 @@ from __future__ import annotations
 import http.server
 import io
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("gradio", reason="the explorer needs the ui extra: pip install 'dinoscope[ui]'")
 
-from dinoscope import ui  # noqa: E402
-from dinoscope.analyses import CLS, PCABasis, Pixel  # noqa: E402
-from dinoscope.errors import DinoscopeError, InputError, ModelError  # noqa: E402
-from dinoscope.views import matches_view, norms_view, pca_view, similarity_view  # noqa: E402
+from dinoscope import ui
+from dinoscope.analyses import CLS, PCABasis, Pixel
+from dinoscope.errors import InputError, ModelError
+from dinoscope.views import matches_view, norms_view, pca_view, similarity_view
 
 
 @pytest.fixture
@@ -128,8 +129,10 @@ def test_cross_image_pca_norms_matching_attention_equal_the_library(engine):
     pic, msg = ui.attention(engine, s, _settings(engine), "A", heads=False)
     assert "attention of patch" in msg and pic.size[0] >= a.image.width
     passes = engine.forward_passes
-    ui.attention(engine, s, _settings(engine), "A", heads=True)
+    pic, _ = ui.attention(engine, s, _settings(engine), "A", heads=True)
     assert engine.forward_passes == passes  # attention rows are cached too
+    # as many full-size panels a row as the page shows unscaled, so the per-head captions stay legible
+    assert a.image.width <= pic.width <= max(ui.callbacks.PAGE_WIDTH, a.image.width) + 4 * 3
 
 
 def test_downloads_write_loadable_features_in_a_session_folder(engine):
@@ -254,7 +257,7 @@ def test_real_loader_error_for_an_uncached_model_is_one_line(tmp_path, offline_h
 class _Counting(http.server.BaseHTTPRequestHandler):
     hits = 0
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         type(self).hits += 1
         body = _png()
         self.send_response(200)
@@ -393,3 +396,105 @@ def test_loading_with_settings_runs_the_forward_pass_so_the_first_click_is_insta
     assert engine.forward_passes == 1
     s, _, msg = ui.load_sample(engine, s, "coffee", "B", ui.Settings(engine.default_label, "native", 42))
     assert s.slots["B"].label == "coffee" and "layer 42 does not exist" in msg  # loaded anyway, reason shown
+
+
+# ---- the page's overlay data, budgets, redraws, refused models, fairness
+
+
+def test_live_features_give_the_library_cosine_and_large_grids_fall_back_to_the_server(engine):
+    s = ui.Session()
+    ui.load_sample(engine, s, "chelsea", "A")
+    settings = _settings(engine)
+    live = ui.live_data(engine, s, settings)
+    meta = live["A"]
+    assert live["B"] is None and meta["path"] and meta["bytes"] == meta["rows"] * meta["cols"] * meta["dim"] * 2
+    unit = np.frombuffer(Path(meta["path"]).read_bytes(), dtype="<f2").astype(np.float32).reshape(-1, meta["dim"])
+    feats = engine.features(settings.model, s.slots["A"], "native")
+    from dinoscope.analyses import similarity_map
+
+    x, y = 100, 80
+    row, col = int(y // meta["cell_h"]), int(x // meta["cell_w"])
+    want = similarity_map(feats, Pixel(x, y)).numpy().ravel()
+    got = unit @ unit[row * meta["cols"] + col]
+    assert np.abs(got - want).max() < 3e-3  # what the browser computes is the server's map to float16 precision
+    s, _, _ = ui.similarity(engine, s, settings, "A", x, y)
+    assert ui.query_overlay(engine, s, settings) == {"slot": "A", "target": "A", "cell": [row, col], "sims": None}
+    engine.live_max_bytes = 10  # too large to send: the grid only, and the server's values on each click
+    assert ui.live_data(engine, s, settings)["A"]["path"] is None
+    q = ui.query_overlay(engine, s, settings)
+    assert np.allclose(q["sims"], want, atol=1e-4)
+
+
+def test_uploads_above_the_budget_are_downscaled_with_a_notice(engine, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (2000, 1500), (10, 200, 30)).save(tmp_path / "big.png")
+    Image.new("RGB", (320, 240), (10, 200, 30)).save(tmp_path / "small.png")
+    s, shown, msg = ui.load_upload(engine, None, tmp_path / "big.png", "A")
+    assert "downscaled from 2000x1500" in msg and s.slots["A"].notice
+    assert (shown.width // 16) * (shown.height // 16) <= engine.max_tokens == ui.EXPLORER_MAX_TOKENS
+    assert abs(shown.width / shown.height - 2000 / 1500) < 0.01
+    assert (shown.width // 16) * (shown.height // 16) > 0.9 * engine.max_tokens  # not needlessly small
+    s, shown, msg = ui.load_upload(engine, s, tmp_path / "small.png", "B")
+    assert shown.size == (320, 240) and "downscaled" not in msg and not s.slots["B"].notice
+    with pytest.raises(InputError, match="choose a sample"):
+        engine.load_sample(None)
+
+
+def test_open_views_are_redrawn_and_a_failing_one_is_cleared(engine):
+    s = ui.Session()
+    ui.load_sample(engine, s, "chelsea", "A")
+    settings = _settings(engine)
+    ui.norms(engine, s, settings)
+    calls = []
+    drawers = {"norms": lambda: ("picture", "norms redrawn"),
+               "pca": lambda: calls.append("pca"),
+               "matching": lambda: ui.matching(engine, s, settings)[1:]}
+    s.views.add("matching")
+    pictures, messages = ui.redraw(s, drawers)
+    assert pictures["norms"] == "picture" and "pca" not in pictures and not calls  # never drawn: left alone
+    assert pictures["matching"] is None and any("load image B first" in m for m in messages)
+
+
+def test_a_model_that_cannot_load_is_refused_and_the_previous_stays(tiny_model_dir, tmp_path):
+    e = ui.Engine(tiny_model_dir, device="cpu", disk_cache=False, workdir=tmp_path,
+                  models={"tiny": str(tiny_model_dir), "gone": str(tmp_path / "absent")})
+    s = ui.Session()
+    keep, msg = ui.choose_model(e, s, "tiny")
+    assert keep == "tiny" and "ready" in msg
+    keep, msg = ui.choose_model(e, s, "gone")
+    assert keep == "tiny" and msg.startswith("error: gone cannot be used") and "still using tiny" in msg
+    e.close()
+
+
+def test_models_without_local_weights_are_marked(engine):
+    marked = [label for label in engine.models if label.endswith("(not downloaded)")]
+    assert all(ui.state.identify(i) is None for label in marked for i in ui.state.MODELS[label.split()[0]].ids)
+
+
+def test_a_large_image_does_not_hold_up_another_users_small_one(tiny_model_dir, tmp_path):
+    release, big_started = threading.Event(), threading.Event()
+
+    class SlowForBig(ui.Engine):
+        def _forward(self, extractor, slot):
+            if slot.label == "big":
+                big_started.set()
+                assert release.wait(60)
+            return super()._forward(extractor, slot)
+
+    from PIL import Image
+
+    e = SlowForBig(tiny_model_dir, device="cpu", disk_cache=False, workdir=tmp_path)
+    big, small = ui.Session(), ui.Session()
+    settings = _settings(e)
+    big.slots["A"] = e._slot(Image.new("RGB", (640, 480), (200, 10, 10)), "big")
+    worker = threading.Thread(target=e.features, args=(settings.model, big.slots["A"], "native"))
+    worker.start()
+    assert big_started.wait(60)
+    ui.load_sample(e, small, "coffee", "A", settings)  # finishes while the big pass is still running
+    ui.similarity(e, small, settings, "A", 20, 20)
+    assert worker.is_alive() and e.forward_passes == 1
+    release.set()
+    worker.join(60)
+    assert e.forward_passes == 2
+    e.close()

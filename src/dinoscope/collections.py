@@ -27,16 +27,19 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
+from . import analyses
 from .analyses import PCABasis
-from .analyses.streaming import StreamingPCA
 from .cache import scratch_layer
-from .errors import DinoscopeError, ModelError
+from .errors import DinoscopeError, ModelError, redact
 from .files import clean_leftovers
 from .inputs import IMAGE_SUFFIXES, Item, expand_inputs, is_collection
 from .jobs import KINDS, BasisMismatch, Job
 from .manifest import MANIFEST, ManifestLog, explain, input_digest, log, read_manifest, why_redo
+
+if TYPE_CHECKING:
+    from .analyses.streaming import StreamingPCA
 
 BASIS_FILE = "pca_basis.safetensors"
 
@@ -79,7 +82,7 @@ def recipe(extractor, job: Job) -> dict:
 
 def ok_record(item: Item, outputs: list[str], features, image, made: dict | None = None) -> dict:
     g = features.geometry
-    record = {"source": item.source, "name": item.name, "status": "ok", "outputs": outputs, "grid": [g.rows, g.cols],
+    record = {"source": redact(item.source), "name": item.name, "status": "ok", "outputs": outputs, "grid": [g.rows, g.cols],
               "size": list(image.size)}
     if made is not None:
         record["made_from"] = {**made, "input": input_digest(item.source)}
@@ -87,8 +90,8 @@ def ok_record(item: Item, outputs: list[str], features, image, made: dict | None
 
 
 def failed_record(item: Item, message: str) -> dict:
-    return {"source": item.source, "name": item.name, "status": "failed", "outputs": [], "grid": None,
-            "error": " ".join(str(message).split())}
+    return {"source": redact(item.source), "name": item.name, "status": "failed", "outputs": [], "grid": None,
+            "error": redact(" ".join(str(message).split()))}
 
 
 # --------------------------------------------------------------------------- the work on one batch (every engine)
@@ -158,7 +161,7 @@ def process(extractor, job: Job, out: Path, items: Sequence[Item], *, accumulato
         errors.clear()
         if accumulator is not None:
             accumulator.observe(feats)
-            yield {"source": item.source, "name": item.name, "status": "ok"}
+            yield {"source": redact(item.source), "name": item.name, "status": "ok"}
             continue
         try:
             outputs = job.write(out, item.name, image, feats)
@@ -267,7 +270,7 @@ def plan(out: Path, items: Sequence[Item], job: Job, previous: dict[str, dict], 
 
 def fit_basis(engine, items: Sequence[Item], job: Job, manifest: ManifestLog, progress=None) -> PCABasis:
     """The two streaming passes over the collection; failures of the first are recorded."""
-    accumulator = StreamingPCA(job.n_components)
+    accumulator = analyses.StreamingPCA(job.n_components)  # named here: streaming imports torch, a rerun need not
     for phase in ("fitting PCA", "PCA colour range"):
         chosen = [it for it in items if it.name not in manifest.failed]
         for done, record in enumerate(engine.map(chosen, job, accumulator), 1):

@@ -26,6 +26,14 @@ def one_line(text: str) -> str:
     return re.sub(r"[\x00-\x1f\x7f\x85\u2028\u2029]+", " ", text)
 
 
+_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/?#@]*@")
+
+
+def redact(text: str) -> str:
+    """`text` with the user:password@ part of every URL in it removed (for logs, messages and manifests)."""
+    return _CREDENTIALS.sub(r"\1", str(text))
+
+
 def clipped(text, limit: int = 200) -> str:
     """`text` on one line, cut to `limit` characters."""
     text = one_line(str(text))

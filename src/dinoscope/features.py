@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from . import models
-from .cache import CacheKey
+from .cache import key_for
 from .errors import InputError
 from .geometry import Geometry, Resolution
 from .images import image_digest, load_image
@@ -229,11 +229,9 @@ class Extractor:
         identity = self._model_identity()
         if identity is None:
             return None
-        source, revision, patch = identity
         dtype = str(resolve_dtype(self.dtype)).removeprefix("torch.")
-        return CacheKey(source, revision, patch, digest or image_digest(image), str(self.resolution),
-                        self.resolution.max_tokens,
-                        self.layer, self.normed, dtype, self.sampling.key())
+        return key_for(identity, digest or image_digest(image), self.resolution, self.layer, self.normed, dtype,
+                       sampling=self.sampling.key())
 
     def __call__(self, source):
         """(RGB image, Features) of one source; `features(source)` gives the Features alone."""

@@ -16,7 +16,10 @@ from .errors import InputError
 DEFAULT_MAX_TOKENS = 16384
 #: Largest image (width * height) decoded unless the caller raises the limit (enforced by dinoscope.images).
 DEFAULT_MAX_PIXELS = 100_000_000
+# The largest side a resolution policy may ask for (far above any real input; keeps sizes from overflowing).
+MAX_SIDE = 65536
 DENSITIES = (1, 2, 4)
+UPSAMPLE_METHODS = ("guided", "bilinear", "nearest")  # analyses.upsample; here so options check without torch
 
 
 def check_density(patch_size: int, density: int) -> None:
@@ -83,6 +86,8 @@ class Resolution:
             mode, size = "short", mode
         if mode not in ("short", "long") or not size.isdigit():
             raise InputError(f"cannot read resolution {text!r}; use native, short:N or long:N (e.g. short:768)")
+        if not 1 <= int(size) <= MAX_SIDE:
+            raise InputError(f"resolution {text!r} is out of range; give a side between 1 and {MAX_SIDE} pixels")
         return cls(mode, int(size), max_tokens)
 
     @classmethod

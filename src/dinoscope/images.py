@@ -27,6 +27,7 @@ from PIL import Image
 
 from .download import DEFAULT_MAX_BYTES, fetch_url, url_label as _url_label
 from .errors import InputError, brief as _brief, clipped as _label, input_error as _error
+from .files import file_kind
 from .geometry import DEFAULT_MAX_PIXELS
 
 __all__ = [
@@ -332,7 +333,8 @@ def _load_path(raw: str | os.PathLike, max_pixels: int | None) -> Image.Image:
     if stat.S_ISDIR(info.st_mode):
         raise _error(f"{label} is a folder, not an image file; give the path of an image file inside it")
     if not stat.S_ISREG(info.st_mode):
-        raise _error(f"{label} is not a regular file (a device, pipe or socket); give the path of an image file")
+        raise _error(f"{label} is {file_kind(path) or 'something else'}, not a regular file; give the path of an "
+                     "image file")
     if info.st_size == 0:
         raise _error(f"{label} is empty (0 bytes); give a non-empty image file")
     try:

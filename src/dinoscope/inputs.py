@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import InputError
-from .files import output_stem, safe_name
+from .files import output_stem, read_bounded, safe_name
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".jfif", ".ppm",
                             ".pgm", ".pbm", ".tga", ".ico", ".avif", ".heic"})
@@ -85,10 +85,14 @@ def _rel_name(path: Path, base: Path) -> str:
     return "/".join([*parts, safe_name(rel.stem)])
 
 
+# A list file larger than this is refused before it is read (a million paths fit easily).
+MAX_LIST_BYTES = 64 * 2**20
+
+
 def _read_list(spec: str) -> list[str]:
     path = Path(spec[1:]).expanduser()
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_bounded(path, MAX_LIST_BYTES, "the list file").decode("utf-8-sig")
     except FileNotFoundError:
         raise InputError(f"no such list file: {path}; give @FILE with one image path or URL per line") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -20,6 +20,7 @@ from PIL import Image
 
 from . import views
 from .analyses import CLS, PCABasis, query_index
+from .analyses.arrays import as_array
 from .errors import InputError
 from .files import atomic_paths, write_error
 
@@ -36,7 +37,7 @@ def basis_digest(basis: PCABasis | None) -> str | None:
         return None
     h = hashlib.sha256()
     for t in (basis.mean, basis.scale, basis.components, basis.low, basis.high):
-        h.update(t.detach().float().contiguous().numpy().tobytes())
+        h.update(as_array(t).tobytes())  # tensors or arrays: the same float32 bytes
     return h.hexdigest()[:16]
 
 

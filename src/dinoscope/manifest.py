@@ -22,6 +22,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
+from .errors import redact
 from .files import write_error
 
 MANIFEST = "manifest.jsonl"
@@ -91,7 +92,7 @@ def why_redo(out: Path, name: str, source: str, outputs: Sequence[str] | None, r
     """
     if not record:
         return "not done yet"
-    if record.get("source") != source:
+    if record.get("source") != redact(source):  # recorded without credentials
         return "another input had this name"
     if record.get("status") != "ok":
         return "failed before"

@@ -43,7 +43,7 @@ import torch
 from .analyses.streaming import StreamingPCA
 from .cache import FeatureCache, LayeredCache
 from .collections import Item, Summary, process, run_collection
-from .errors import DinoscopeError, InputError, ModelError
+from .errors import DinoscopeError, InputError, ModelError, redact
 from .features import Extractor, Features
 from .files import SCRATCH_PREFIX, atomic_path
 from .geometry import Geometry
@@ -187,7 +187,7 @@ def shard_table(done) -> pa.Table:
     feats = [f for _, _, f in done]
     ints = lambda values: pa.array(values, type=pa.int32())  # noqa: E731
     return pa.Table.from_arrays([
-        pa.array([item.name for item, _, _ in done]), pa.array([item.source for item, _, _ in done]),
+        pa.array([item.name for item, _, _ in done]), pa.array([redact(item.source) for item, _, _ in done]),
         ints([f.patches.shape[0] for f in feats]), ints([f.patches.shape[1] for f in feats]),
         ints([f.dim for f in feats]), ints([f.registers.shape[0] for f in feats]),
         _floats([f.cls for f in feats]), _floats([f.registers for f in feats]), _floats([f.patches for f in feats]),

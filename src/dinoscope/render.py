@@ -78,12 +78,19 @@ def _box(geometry, index: int) -> tuple[int, int, int, int]:
     return round(x0), round(y0), round(x1) - 1, round(y1) - 1
 
 
-def outline_patch(image: Image.Image, geometry, index: int, color=RED, width: int = 2) -> Image.Image:
-    """A copy of `image` with patch `index` outlined; a CLS query (-1) has no patch, so nothing is drawn."""
+def outline_patch(image: Image.Image, geometry, index: int, color=(255, 255, 255), width: int = 2,
+                  edge=(0, 0, 0)) -> Image.Image:
+    """A copy of `image` with patch `index` outlined in `color` inside a 1-pixel `edge` line on each side
+    (white in black by default: visible on every colormap, turbo's reds included); a CLS query (-1) has no
+    patch, so nothing is drawn."""
     out = image.convert("RGB").copy()
     if index < 0:
         return out
-    ImageDraw.Draw(out).rectangle(_box(geometry, index), outline=color, width=width)
+    x0, y0, x1, y1 = _box(geometry, index)
+    draw = ImageDraw.Draw(out)
+    if edge is not None:
+        draw.rectangle((x0 - 1, y0 - 1, x1 + 1, y1 + 1), outline=edge, width=width + 2)
+    draw.rectangle((x0, y0, x1, y1), outline=color, width=width)
     return out
 
 

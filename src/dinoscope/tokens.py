@@ -1,7 +1,9 @@
 """What a forward pass gives: the token types (Features, Attention) and the features file format.
 
 A leaf module: it knows geometry and errors, nothing about models, caches or pictures, so
-every other layer can read these types without importing each other.
+every other layer can read these types without importing each other. It does not import torch:
+the tensors are torch tensors after extraction, or NumPy arrays when read with
+``Features.load(path, framework="numpy")`` (a cached rerun that never starts torch).
 """
 
 from __future__ import annotations
@@ -10,14 +12,18 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.numpy import load as load_arrays, save as serialize
 
 from .errors import InputError
 from .files import atomic_path
 from .geometry import Geometry
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -29,9 +35,9 @@ class Features:
     photo the tokens came from when known (the views draw over it); it is not saved.
     """
 
-    cls: torch.Tensor
-    registers: torch.Tensor
-    patches: torch.Tensor
+    cls: "torch.Tensor"  # or a NumPy array (see load)
+    registers: "torch.Tensor"
+    patches: "torch.Tensor"
     geometry: Geometry
     model: str = ""
     revision: str = ""
@@ -49,7 +55,7 @@ class Features:
                 f"{where})")
 
     @property
-    def flat(self) -> torch.Tensor:
+    def flat(self):
         """Patch tokens as (N, D) in row-major order."""
         return self.patches.reshape(-1, self.patches.shape[-1])
 
@@ -70,16 +76,38 @@ class Features:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write a .safetensors file: keys cls, registers, patches; geometry and provenance in the metadata."""
-        tensors = {"cls": self.cls.contiguous(), "registers": self.registers.contiguous(),
-                   "patches": self.patches.contiguous()}
+        # written from NumPy: the same bytes as safetensors.torch writes for float32, without importing torch
+        tensors = {"cls": _as_array(self.cls), "registers": _as_array(self.registers),
+                   "patches": _as_array(self.patches)}
+        data = serialize(tensors, metadata=self.metadata())
         with atomic_path(path) as tmp:
-            save_file(tensors, os.fspath(tmp), metadata=self.metadata())
+            tmp.write_bytes(data)  # written by Python, so a full disk is an OSError with its errno
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Features":
+    def from_bytes(cls, data: bytes, label: str | os.PathLike = "features", *, framework: str = "pt") -> "Features":
+        """Features from the bytes of a features file already read (e.g. read once and checksummed)."""
         try:
-            with safe_open(os.fspath(path), framework="pt") as f:
+            size = int.from_bytes(data[:8], "little")
+            meta = json.loads(bytes(data[8:8 + size])).get("__metadata__") or {}
+            tensors = load_arrays(bytes(data))
+            geometry = Geometry.from_json(meta["geometry"])
+            extra = json.loads(meta.get("extra", "{}"))
+        except (KeyError, ValueError, RuntimeError, AttributeError, SafetensorError) as exc:
+            raise InputError(f"{label} is not a dinoscope features file ({exc}); write one with `dinoscope extract`") from exc
+        if framework == "pt":
+            import torch  # asked for torch tensors: torch is loaded already
+
+            tensors = {k: torch.from_numpy(v) for k, v in tensors.items()}
+        return cls(tensors["cls"], tensors["registers"], tensors["patches"], geometry,
+                   model=meta.get("model", ""), revision=meta.get("revision", ""), dtype=meta.get("dtype", "float32"),
+                   layer=int(meta.get("layer", -1)), normed=meta.get("normed", "true") == "true", extra=extra)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, framework: str = "pt") -> "Features":
+        """Read a features file; `framework` "pt" gives torch tensors, "numpy" NumPy arrays (torch not imported)."""
+        try:
+            with safe_open(os.fspath(path), framework=framework) as f:
                 meta = f.metadata() or {}
                 tensors = {k: f.get_tensor(k) for k in ("cls", "registers", "patches")}
             geometry = Geometry.from_json(meta["geometry"])
@@ -91,6 +119,12 @@ class Features:
                    extra=json.loads(meta.get("extra", "{}")))
 
 
+def _as_array(values) -> np.ndarray:
+    if hasattr(values, "detach"):  # a torch tensor, converted without importing torch here
+        values = values.detach().cpu().numpy()
+    return np.ascontiguousarray(values)
+
+
 @dataclass
 class Attention:
     """One query's attention weights in one block, split by what is attended to.
@@ -98,9 +132,9 @@ class Attention:
     Per head, the weights to the CLS token, the registers and the patches sum to 1.
     """
 
-    cls: torch.Tensor  # (H,)
-    registers: torch.Tensor  # (H, R)
-    patches: torch.Tensor  # (H, rows, cols)
+    cls: "torch.Tensor"  # (H,)
+    registers: "torch.Tensor"  # (H, R)
+    patches: "torch.Tensor"  # (H, rows, cols)
     geometry: object
     query: int = -1  # -1: the CLS token; else a row-major patch index
     layer: int = -1

@@ -18,7 +18,7 @@ from typing import Iterator
 from .analyses.streaming import StreamingPCA
 from .collections import scratch_extractor
 from .errors import InputError
-from .files import safe_name
+from .files import file_kind, safe_name
 
 INSTALL = 'pip install "dinoscope[video]"'
 GIF_MAX_SIDE = 480
@@ -43,6 +43,9 @@ class VideoInfo:
 def _open(path):
     av = require_av()
     label = os.fspath(path)
+    kind = file_kind(path)
+    if kind is not None:
+        raise InputError(f"{label} is {kind}, not a video file; give an mp4, mkv, webm, mov or avi file")
     if not Path(path).is_file():
         raise InputError(f"no such video file: {label}; check the path")
     try:

@@ -1,7 +1,8 @@
 """What each analysis looks like: Features in, finished RGB pictures (PIL images) out.
 
 The CLI, the reference-compatible scripts, the web explorer and notebooks all draw through
-these, so a picture is the same wherever it is made. Nothing here touches files. The photo
+these, so a picture is the same wherever it is made (norms, PCA and similarity without torch, for
+cached reruns; attention and matching load torch when drawn). Nothing here touches files. The photo
 is found on the Features (`features.image`, set by extraction) unless one is passed; pass
 `image=None` for a bare map.
 """
@@ -11,9 +12,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from . import render
-from .analyses import PCABasis, attention_map, match_patches, minmax, patch_norms, query_index, similarity_map
-from .analyses.upsample import upsample as upsampled
+from . import analyses, render
+from .analyses import PCABasis, minmax, patch_norms, query_index, similarity_map
 from .errors import InputError
 
 RANDOM_PREFIX = "random:"
@@ -41,6 +41,14 @@ def _photo(image, owner):
 def _guide(image, owner):
     """The photo that guides upsampling: the one given, else the one the Features (or Attention) carry."""
     return image if image is not None else getattr(owner, "image", None)
+
+
+def upsampled(values, geometry, guide, *, method: str):
+    """`analyses.upsample.upsample`, imported on first use: guided upsampling runs in torch, and views must
+    import without it (cached reruns draw norms, PCA and similarity torch-free; "nearest" never gets here)."""
+    from .analyses.upsample import upsample
+
+    return upsample(values, geometry, guide, method=method)
 
 
 def painted(values, geometry, colour, *, upsample: str = "nearest", guide=None) -> Image.Image:
@@ -101,7 +109,7 @@ def pca_view(features, basis: PCABasis | None = None, *, components=(0, 1, 2), f
 def similarity_view(features, query, image=FROM_FEATURES, *, query_features=None, cmap: str = "turbo",
                     alpha: float = 0.55, mark=True, query_image: Image.Image | None = None,
                     upsample: str = "nearest") -> Image.Image:
-    """Similarity map over the photo (full [-1, 1] range on a fixed scale), query patch outlined in red.
+    """Similarity map over the photo (full [-1, 1] range on a fixed scale), query patch outlined (white in black).
 
     `query` is a patch index, `Patch(row, col)`, `Pixel(x, y)` or `CLS`. For a cross-image query
     (`query_features`), a `query_image` (e.g. ``query_features.image``) with its outlined patch is
@@ -128,7 +136,7 @@ def matches_view(features_a, features_b, image_a=FROM_FEATURES, image_b=FROM_FEA
     image_a, image_b = _photo(image_a, features_a), _photo(image_b, features_b)
     if image_a is None or image_b is None:
         raise InputError("matches_view draws over both photos: pass image_a and image_b, or Features that carry them")
-    matches = matches or match_patches(features_a, features_b, method)
+    matches = matches or analyses.match_patches(features_a, features_b, method)
     picture = render.draw_matches(image_a, image_b, matches, top_k=top_k, max_lines=max_lines, seed=seed, cmap=cmap,
                                   gap=8)
     return finished(picture, features_a, features_b), matches
@@ -139,13 +147,13 @@ def attention_view(attention, image=FROM_FEATURES, *, heads: bool = True, cmap: 
     """The head-averaged attention map over the photo, then (with `heads`) one panel per head.
 
     Each panel is scaled to its own maximum, so a head that spends most of its attention on
-    the registers still shows where the rest goes; the query patch is outlined in red.
+    the registers still shows where the rest goes; the query patch is outlined (white in black).
     """
     image = _photo(image, attention)
     g = attention.geometry
-    maps = [("mean of heads", attention_map(attention))]
+    maps = [("mean of heads", analyses.attention_map(attention))]
     if heads:
-        maps += [(f"head {h}", attention_map(attention, h)) for h in range(attention.heads)]
+        maps += [(f"head {h}", analyses.attention_map(attention, h)) for h in range(attention.heads)]
     heats = painted_maps([minmax(values) for _, values in maps], g, lambda v: render.colorize(v, cmap, 0.0, 1.0),
                          upsample=upsample, guide=_guide(image, attention))
     panels = []

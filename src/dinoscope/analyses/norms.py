@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-import torch
+import numpy as np
+
+from .arrays import as_array, like
 
 
-def patch_norms(features) -> torch.Tensor:
-    """L2 norm of every patch token, (rows, cols)."""
-    return features.patches.float().norm(dim=-1)
+def patch_norms(features):
+    """L2 norm of every patch token, (rows, cols), float32."""
+    patches = as_array(features.patches)
+    return like(np.sqrt(np.einsum("...d,...d->...", patches, patches)), features.patches)
 
 
-def minmax(values) -> torch.Tensor:
+def minmax(values):
     """Scale to [0, 1]; a constant map becomes all zeros rather than NaN."""
-    lo, hi = values.min(), values.max()
+    v = as_array(values, dtype=None)
+    lo, hi = v.min(), v.max()
     span = hi - lo
-    if span <= 0:
-        return values.new_zeros(values.shape)
-    return (values - lo) / span
+    scaled = np.zeros_like(v) if span <= 0 else (v - lo) / span
+    return like(scaled, values)

@@ -5,14 +5,19 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
 
 from ..errors import InputError
 from ..files import atomic_path
-from .threads import one_thread
+from .arrays import as_array, is_tensor, like
+from .threads import one_blas_thread
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -22,33 +27,40 @@ class PCABasis:
     The scaling range comes from the fit, so the same basis gives the same colours to the
     same feature on any image. Each component's sign is fixed so that its largest loading is
     positive: the fit is deterministic and the colours do not flip between runs.
+
+    Computed in NumPy (float64 where it matters); the fields are torch tensors when the basis was
+    fitted on (or loaded as) tensors and NumPy arrays when fitted on NumPy-backed Features.
     """
 
-    mean: torch.Tensor  # (D,)
-    scale: torch.Tensor  # (D,) standard deviation per dimension
-    components: torch.Tensor  # (k, D), rows are unit vectors
-    low: torch.Tensor  # (k,) projection range over the fit data
-    high: torch.Tensor
-    variance: torch.Tensor  # (k,) explained variance of each component
-    foreground: torch.Tensor | None = None  # (D,) PC1 direction and threshold used for a foreground-only fit
+    mean: "torch.Tensor"  # (D,)
+    scale: "torch.Tensor"  # (D,) standard deviation per dimension
+    components: "torch.Tensor"  # (k, D), rows are unit vectors
+    low: "torch.Tensor"  # (k,) projection range over the fit data
+    high: "torch.Tensor"
+    variance: "torch.Tensor"  # (k,) explained variance of each component
+    foreground: "torch.Tensor | None" = None  # (D,) PC1 direction and threshold used for a foreground-only fit
     threshold: float = 0.0
 
     @classmethod
     def fit(cls, samples, n_components: int = 3, *, foreground_only: bool = False) -> "PCABasis":
-        """Fit on Features objects or (N, D) tensors.
+        """Fit on Features objects or (N, D) tensors or arrays.
 
         With `foreground_only`, a first fit on all patches splits them on the first component
         (the side that holds fewer patches on the image border is foreground); the basis is
         then refitted on foreground patches only and `transform` draws background black.
         """
-        data = _stack(samples)
-        basis = cls._fit_tensor(data, n_components)
-        if not foreground_only:
-            return basis
-        first = PCABasis._fit_tensor(data, 1)
-        score = first.project(data)[:, 0]
-        border = _border_mask(samples)
-        if border is not None and border.any() and (score[border] > 0).float().mean() > (score[~border] > 0).float().mean():
+        data, reference = _stack(samples)
+        if foreground_only:
+            basis = cls._fit_foreground(data, n_components, _border_mask(samples))
+        else:
+            basis = cls._fit_array(data, n_components)
+        return basis._as_kind_of(reference)
+
+    @classmethod
+    def _fit_foreground(cls, data: np.ndarray, n_components: int, border) -> "PCABasis":
+        first = PCABasis._fit_array(data, 1)
+        score = first._project(data)[:, 0]
+        if border is not None and border.any() and (score[border] > 0).mean() > (score[~border] > 0).mean():
             score = -score
             direction = -first.components[0]
         else:
@@ -56,79 +68,105 @@ class PCABasis:
         mask = score > 0
         if mask.sum() < max(n_components + 1, 2):
             raise InputError("too few foreground patches to fit a PCA; drop the foreground-only option")
-        basis = cls._fit_tensor(data[mask], n_components)
-        basis.foreground = torch.cat([first.mean, first.scale, direction])
+        basis = cls._fit_array(data[mask], n_components)
+        basis.foreground = np.concatenate([first.mean, first.scale, direction])
         return basis
 
     @classmethod
-    def _fit_tensor(cls, data, n_components: int) -> "PCABasis":
+    def _fit_array(cls, data: np.ndarray, n_components: int) -> "PCABasis":
+        """The basis (NumPy fields) of (N, D) float32 data."""
         n, d = data.shape
         if n_components < 1 or n_components > d:
             raise InputError(f"number of PCA components must be between 1 and {d}")
         if n < 2:
             raise InputError("PCA needs at least two patches; use a larger image")
-        x = data.double()
+        x = data.astype(np.float64)
         mean = x.mean(0)
-        scale = x.std(0, unbiased=True)
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        scale = x.std(0, ddof=1)
+        scale = np.where(scale > 0, scale, 1.0)
         z = (x - mean) / scale
-        cov = z.T @ z / (n - 1)
-        basis = cls.from_covariance(mean, scale, cov, n_components)
-        proj = z @ basis.components.double().T
-        basis.low, basis.high = proj.min(0).values.float(), proj.max(0).values.float()
+        with one_blas_thread():  # too small to split: threads cost more than the work on a busy CPU
+            cov = z.T @ z / (n - 1)
+        basis = cls._from_moments(mean, scale, cov, n_components)
+        with one_blas_thread():
+            proj = z @ basis.components.astype(np.float64).T
+        basis.low, basis.high = proj.min(0).astype(np.float32), proj.max(0).astype(np.float32)
         return basis
 
     @classmethod
     def from_covariance(cls, mean, scale, cov, n_components: int) -> "PCABasis":
         """The basis of standardised data from its moments: mean (D,), scale (D,) and the (D, D) covariance
-        of the standardised data, all float64. `low`/`high` are left empty (NaN) for the caller to fill:
-        `PCABasis.fit` takes them from its data, a streaming fit from a second pass over the projections."""
+        of the standardised data, all float64 (tensors or arrays; the basis comes back in the same kind).
+        `low`/`high` are left empty (NaN) for the caller to fill: `PCABasis.fit` takes them from its data,
+        a streaming fit from a second pass over the projections."""
+        basis = cls._from_moments(as_array(mean, np.float64), as_array(scale, np.float64),
+                                  as_array(cov, np.float64), n_components)
+        return basis._as_kind_of(cov)
+
+    @classmethod
+    def _from_moments(cls, mean: np.ndarray, scale: np.ndarray, cov: np.ndarray, n_components: int) -> "PCABasis":
         d = cov.shape[0]
         if n_components < 1 or n_components > d:
             raise InputError(f"number of PCA components must be between 1 and {d}")
-        # ascending; exact even on flat spectra. One thread: this 768 x 768 float64 problem is too small to
-        # split, and on a busy 2-core CPU the threaded LAPACK took 1-4 s instead of 0.1-0.3 s
-        with one_thread():
-            values, vectors = torch.linalg.eigh(cov)
-        order = torch.argsort(values, descending=True)[:n_components]
+        with one_blas_thread():  # see threads.one_blas_thread: 0.09 s on one thread, seconds on a busy CPU
+            values, vectors = np.linalg.eigh(cov)  # ascending; exact even on flat spectra
+        order = np.argsort(-values, kind="stable")[:n_components]
         components = vectors[:, order].T
-        peak = components.abs().argmax(dim=1)
-        signs = torch.sign(components[torch.arange(n_components), peak])
+        peak = np.abs(components).argmax(axis=1)
+        signs = np.sign(components[np.arange(n_components), peak])
         components = components * signs[:, None]
-        empty = torch.full((n_components,), float("nan"))
-        return cls(mean.float(), scale.float(), components.float(), empty, empty.clone(), values[order].float())
+        empty = np.full((n_components,), np.nan, dtype=np.float32)
+        return cls(mean.astype(np.float32), scale.astype(np.float32), components.astype(np.float32), empty,
+                   empty.copy(), values[order].astype(np.float32))
+
+    def _as_kind_of(self, reference) -> "PCABasis":
+        """This basis with torch fields when `reference` is a tensor (the caller works in torch)."""
+        if not is_tensor(reference):
+            return self
+        fields = (self.mean, self.scale, self.components, self.low, self.high, self.variance)
+        foreground = None if self.foreground is None else like(self.foreground, reference)
+        return PCABasis(*(like(f, reference) for f in fields), foreground, self.threshold)
 
     @property
     def n_components(self) -> int:
         return self.components.shape[0]
 
-    def project(self, data) -> torch.Tensor:
-        """Raw component scores of (N, D) tokens."""
-        z = (data.double() - self.mean.double()) / self.scale.double()
-        return (z @ self.components.double().T).float()
+    def _project(self, data) -> np.ndarray:
+        z = (as_array(data, np.float64) - as_array(self.mean, np.float64)) / as_array(self.scale, np.float64)
+        with one_blas_thread():
+            return (z @ as_array(self.components, np.float64).T).astype(np.float32)
 
-    def foreground_mask(self, features) -> torch.Tensor | None:
+    def project(self, data):
+        """Raw component scores of (N, D) tokens, float32."""
+        return like(self._project(data), data)
+
+    def _foreground_mask(self, features) -> np.ndarray | None:
         if self.foreground is None:
             return None
         d = self.mean.shape[0]
-        mean, scale, direction = self.foreground[:d], self.foreground[d:2 * d], self.foreground[2 * d:]
-        z = (features.flat.double() - mean.double()) / scale.double()
-        return (z @ direction.double() > 0).reshape(features.patches.shape[:2])
+        fg = as_array(self.foreground, np.float64)
+        mean, scale, direction = fg[:d], fg[d:2 * d], fg[2 * d:]
+        z = (as_array(features.flat, np.float64) - mean) / scale
+        return (z @ direction > 0).reshape(features.patches.shape[:2])
 
-    def transform(self, features, components=None) -> torch.Tensor:
+    def foreground_mask(self, features):
+        mask = self._foreground_mask(features)
+        return None if mask is None else like(mask, features.patches)
+
+    def transform(self, features, components=None):
         """(rows, cols, k) values in [0, 1]; `components` picks which ones (0-based), default all."""
         idx = list(range(self.n_components)) if components is None else list(components)
         for c in idx:
             if not 0 <= c < self.n_components:
                 raise InputError(f"PCA component {c + 1} does not exist; this basis has {self.n_components}")
-        proj = self.project(features.flat)[:, idx]
-        low, high = self.low[idx], self.high[idx]
-        span = torch.where(high > low, high - low, torch.ones_like(high))
-        out = ((proj - low) / span).clamp(0, 1).reshape(*features.patches.shape[:2], len(idx))
-        mask = self.foreground_mask(features)
+        proj = self._project(features.flat)[:, idx]
+        low, high = as_array(self.low)[idx], as_array(self.high)[idx]
+        span = np.where(high > low, high - low, np.float32(1.0))
+        out = np.clip((proj - low) / span, 0, 1).reshape(*features.patches.shape[:2], len(idx))
+        mask = self._foreground_mask(features)
         if mask is not None:
             out = out * mask[..., None]
-        return out
+        return like(out, features.patches)
 
     def save(self, path: str | os.PathLike) -> Path:
         tensors = {"mean": self.mean, "scale": self.scale, "components": self.components, "low": self.low,
@@ -136,20 +174,23 @@ class PCABasis:
         if self.foreground is not None:
             tensors["foreground"] = self.foreground
         with atomic_path(path) as tmp:
-            save_file({k: v.contiguous() for k, v in tensors.items()}, os.fspath(tmp), metadata={"kind": "dinoscope-pca"})
+            save_file({k: as_array(v, None) for k, v in tensors.items()}, os.fspath(tmp),
+                      metadata={"kind": "dinoscope-pca"})
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "PCABasis":
+    def load(cls, path: str | os.PathLike, *, framework: str = "pt") -> "PCABasis":
+        """Read a basis file; `framework` "pt" gives torch fields, "numpy" NumPy ones."""
         try:
-            t = load_file(os.fspath(path))
+            with safe_open(os.fspath(path), framework=framework) as f:
+                t = {k: f.get_tensor(k) for k in f.keys()}
             return cls(t["mean"], t["scale"], t["components"], t["low"], t["high"], t["variance"], t.get("foreground"))
         except (OSError, KeyError, ValueError, RuntimeError, SafetensorError) as exc:
             raise InputError(f"{path} is not a PCA basis file ({type(exc).__name__}); "
                              "save one with `dinoscope pca --save-pca-basis FILE`") from exc
 
 
-def pca_rgb(features, basis: PCABasis | None = None, *, foreground_only: bool = False) -> torch.Tensor:
+def pca_rgb(features, basis: PCABasis | None = None, *, foreground_only: bool = False):
     """(rows, cols, 3) colours in [0, 1]: fit on this image unless a basis is given."""
     basis = basis or PCABasis.fit([features], 3, foreground_only=foreground_only)
     if basis.n_components < 3:
@@ -157,25 +198,27 @@ def pca_rgb(features, basis: PCABasis | None = None, *, foreground_only: bool = 
     return basis.transform(features, [0, 1, 2])
 
 
-def _stack(samples):
-    if isinstance(samples, torch.Tensor):
+def _stack(samples) -> tuple[np.ndarray, object]:
+    """(N, D) float32 data of Features or (N, D) tensors/arrays, and a tensor among them if any (the kind to
+    give back)."""
+    if is_tensor(samples) or isinstance(samples, np.ndarray):
         samples = [samples]
-    parts = [s if isinstance(s, torch.Tensor) else s.flat for s in samples]
-    parts = [p.reshape(-1, p.shape[-1]).float() for p in parts]
+    parts = [s if is_tensor(s) or isinstance(s, np.ndarray) else s.flat for s in samples]
     if not parts:
         raise InputError("PCA needs at least one image")
-    return torch.cat(parts)
+    arrays = [as_array(p).reshape(-1, p.shape[-1]) for p in parts]
+    return np.concatenate(arrays), next((p for p in parts if is_tensor(p)), None)
 
 
 def _border_mask(samples):
-    """True for patches on the outer ring of each image's grid (None for raw tensors)."""
+    """True for patches on the outer ring of each image's grid (None for raw tensors or arrays)."""
     masks = []
     for s in samples if isinstance(samples, (list, tuple)) else [samples]:
-        if isinstance(s, torch.Tensor):
+        if is_tensor(s) or isinstance(s, np.ndarray):
             return None
         rows, cols = s.patches.shape[:2]
-        m = torch.zeros(rows, cols, dtype=torch.bool)
+        m = np.zeros((rows, cols), dtype=bool)
         m[0, :] = m[-1, :] = True
         m[:, 0] = m[:, -1] = True
         masks.append(m.reshape(-1))
-    return torch.cat(masks)
+    return np.concatenate(masks)

@@ -24,9 +24,9 @@ import torch
 from PIL import Image
 
 from ..errors import InputError
+from ..geometry import UPSAMPLE_METHODS as METHODS
 from .threads import one_thread
 
-METHODS = ("guided", "bilinear", "nearest")
 STRIP_ROWS = 128
 STRIP_PIXELS = 65536  # joint bilateral: a strip's dozen working arrays stay in the CPU's caches
 RANGE_FLOOR = 1e-12  # a pixel unlike every nearby cell falls back to spatial weights, not to 0/0

@@ -10,11 +10,12 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import InputError
+from ..files import after_writes
 from . import options as o
 from .collections import is_collection, run as run_collection, run_one
 from .options import (BASIS, COLLECTION, EXTRACTION, INPUT, MODEL, VIEW, CellOpt, CmapOpt, ImageArg, InputsArg,
                       MaxLinesOpt, MethodOpt, Options, PatchOpt, PixelOpt, SeedOpt, TopKOpt, shared)
-from .output import check_pairs_path, save, stem, write_pairs
+from .output import check_file_target, check_pairs_path, save, stem, write_pairs, wrote
 
 
 @shared(*EXTRACTION, *VIEW, *COLLECTION)
@@ -24,6 +25,7 @@ def norms(
     *, opts: Options,
 ):
     """Feature-norm map: the L2 norm of every patch token, min-max scaled."""
+    o.fraction(alpha, "--alpha")
     if is_collection(images):
         return run_collection("norms", images, dict(cmap=cmap, alpha=alpha), opts)
     run_one("norms", images, dict(cmap=cmap, alpha=alpha), opts)
@@ -43,6 +45,7 @@ def pca(
     means the same thing in every picture; it is saved to OUT/pca_basis.safetensors.
     """
     picked = o.components(components)
+    check_file_target(opts.save_basis)
     if is_collection(images):
         if foreground:
             raise InputError("--foreground is not available for collections yet; fit on one image with --save-basis "
@@ -52,7 +55,7 @@ def pca(
                                       basis_file=opts.basis), opts)
     if opts.save_basis is not None:
         job.fitted.save(opts.save_basis)
-        typer.echo(f"wrote {opts.save_basis}")
+        wrote(opts.save_basis)
 
 
 @shared(*EXTRACTION, *VIEW, *COLLECTION)
@@ -72,6 +75,7 @@ def similarity(
     from ..views import similarity_view
 
     query = o.query(patch, cell, pixel, cls)
+    o.fraction(alpha, "--alpha")
     if is_collection(images):
         if target is not None:
             raise InputError("--target is for one image; a collection takes the query from each image itself")
@@ -80,7 +84,7 @@ def similarity(
         run_one("similarity", images, dict(cmap=cmap, alpha=alpha, query=query), opts)
         return
     image = images[0] if images else None
-    extractor = o.extractor(opts)
+    extractor = o.reader(opts)
     img, feats = extractor(image or o.DEFAULT_SAMPLE)
     if query is None:
         query = feats.geometry.index(feats.geometry.rows // 2, feats.geometry.cols // 2)
@@ -104,6 +108,7 @@ def match(
     from ..views import matches_view
 
     check_pairs_path(pairs)
+    check_matching(top_k, max_lines, seed)
     (img_a, fa), (img_b, fb) = o.extractor(opts).extract_many([image_a, image_b])  # same-size pairs share one pass
     picture, matches = matches_view(fa, fb, img_a, img_b, method=method, top_k=top_k, max_lines=max_lines, seed=seed,
                                     cmap=cmap)
@@ -129,6 +134,7 @@ def run_all(
     With no image, runs on the bundled sample photos and matches them pairwise. A collection gets
     norms, PCA (one basis for all), similarity to the centre patch and to CLS for every input.
     """
+    check_matching(top_k, max_lines, seed)
     if is_collection(images):
         if match_with is not None:
             raise InputError("--match is for one image; use `dinoscope match` for pairs")
@@ -143,13 +149,15 @@ def run_all(
         opts = dataclasses.replace(opts, model=demo_backbone(device=opts.device, dtype=opts.dtype))
     sources = [image] if image is not None else DEMO_SOURCES
     wanted = sources + ([match_with] if match_with and match_with not in sources else [])
-    seen = dict(zip(wanted, o.extractor(opts).extract_many(wanted)))  # one batched pass per input size
+    matching = bool(match_with) or image is None  # matching works on torch tensors: only drawing runs cache-first
+    read = o.extractor(opts) if matching else o.reader(opts)
+    seen = dict(zip(wanted, read.extract_many(wanted)))  # one batched pass per input size
     from ..jobs import Job
 
     job = Job("all", {"upsample": upsample})  # each image's own PCA basis
     for source in sources:
         for rel in job.write(opts.out, stem(source), *seen[source]):
-            typer.echo(f"wrote {opts.out / rel}")
+            wrote(opts.out / rel)
     if match_with:
         pairs = [(source, match_with) for source in sources if source != match_with]
     else:
@@ -157,7 +165,13 @@ def run_all(
     for a, b in pairs:
         _draw_matches(seen[a], seen[b], f"{stem(a)}_{stem(b)}_matches.png", opts.out,
                       method=method, top_k=top_k, max_lines=max_lines, seed=seed)
-    typer.echo(f"pictures are in {opts.out.resolve()}")
+    after_writes(lambda: typer.echo(f"pictures are in {opts.out.resolve()}"))
+
+
+def check_matching(top_k: int, max_lines: int, seed: int) -> None:
+    o.at_least(top_k, 0, "--top-k")
+    o.at_least(max_lines, 0, "--max-lines")
+    o.at_least(seed, 0, "--seed")
 
 
 def _model_left_default(context) -> bool:
@@ -218,6 +232,7 @@ def attention(
     from ..views import attention_view
 
     query = o.query(patch, cell, pixel, cls)
+    o.fraction(alpha, "--alpha")
     img, att = o.extractor(opts).attention(image or o.DEFAULT_SAMPLE, -1 if query is None else query)
     shares = att.shares()
     who = "CLS" if att.query < 0 else f"patch {att.query}"

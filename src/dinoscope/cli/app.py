@@ -12,7 +12,8 @@ import sys
 
 import typer
 
-from . import analyses, collections, explorer
+from ..errors import redact
+from . import analyses, collections, explorer, insights
 from .errors import INTERRUPTED, run_guarded, say
 
 app = typer.Typer(
@@ -33,6 +34,13 @@ app.command()(analyses.models)
 app.command()(analyses.layers)
 app.command()(analyses.attention)
 app.command()(explorer.ui)
+for command in (insights.segments, insights.search, insights.atlas, insights.propagate):
+    app.command()(command)
+
+
+class _RedactingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 @contextlib.contextmanager
@@ -41,7 +49,7 @@ def _notices_on_stderr():
     logger = logging.getLogger("dinoscope")
     saved = logger.handlers[:], logger.level, logger.propagate
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("dinoscope: %(message)s"))
+    handler.setFormatter(_RedactingFormatter("dinoscope: %(message)s"))
     logger.handlers[:] = [handler]
     logger.setLevel(logging.INFO)
     logger.propagate = False

@@ -10,9 +10,11 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import InputError
+from ..files import after_writes
 from . import options as o
 from .options import BASIS, CACHE, COLLECTION, EXTRACTION, MODEL, VIEW, Options, shared
-from .output import PhaseBars, stem
+from .errors import say
+from .output import PhaseBars, stem, wrote
 
 MAX_FAILURES_SHOWN = 20
 
@@ -71,15 +73,14 @@ def run_one(kind: str, images: list[str] | None, job_options: dict, opts: Option
     image = images[0] if images else None
     basis = PCABasis.load(opts.basis) if opts.basis is not None and kind in ("pca", "all") else None
     job = Job(kind, with_upsampling(job_options, opts), basis=basis)
-    for path in run_single(image or o.DEFAULT_SAMPLE, stem(image), o.extractor(opts), job, opts.out):
-        typer.echo(f"wrote {path}")
+    for path in run_single(image or o.DEFAULT_SAMPLE, stem(image), o.reader(opts), job, opts.out):
+        wrote(path)
     return job
 
 
 def _report(summary, kind: str, out: Path, how: str) -> None:
     for source, error in summary.failures[:MAX_FAILURES_SHOWN]:
-        print(f"dinoscope: failed: {error}" if source in error else f"dinoscope: failed: {source}: {error}",
-              file=sys.stderr)
+        say(f"failed: {error}" if source in error else f"failed: {source}: {error}", "dinoscope")
     if len(summary.failures) > MAX_FAILURES_SHOWN:
         print(f"dinoscope: ... and {len(summary.failures) - MAX_FAILURES_SHOWN} more failures (see the manifest)",
               file=sys.stderr)
@@ -113,11 +114,12 @@ def extract(
     extractor = o.extractor(opts)
     started = time.perf_counter()
     for path in run_single(images[0], stem(images[0]), extractor, Job("extract"), opts.out):  # several: a collection
-        typer.echo(f"wrote {path}")
+        wrote(path)
     elapsed = time.perf_counter() - started
     hits = extractor.cache.hits if extractor.cache is not None else 0
-    typer.echo(f"extracted {len(images)} image(s) into {opts.out} in {elapsed:.2f} s: {len(images) / elapsed:.2f} "
-               f"images/s ({extractor.forward_passes} computed, {hits} from the cache)")
+    after_writes(lambda: typer.echo(f"extracted {len(images)} image(s) into {opts.out} in {elapsed:.2f} s: "
+                                    f"{len(images) / elapsed:.2f} images/s ({extractor.forward_passes} computed, "
+                                    f"{hits} from the cache)"))
 
 
 @shared(*MODEL, "resolution", "max_tokens", "density", "tiles", "layer", "prenorm", *CACHE, "out", *BASIS, "batch_size",
@@ -141,6 +143,8 @@ def video(
 
     require_av()
     o.check_batch_size(opts)
+    o.at_least(stride, 1, "--stride")
+    o.at_least(max_frames, 0, "--max-frames")
     query = o.query(patch, cell, pixel, cls)
     fitted = None
     if opts.basis is not None:
@@ -156,7 +160,7 @@ def video(
     finally:
         bars.close()
     for path in result.outputs:
-        typer.echo(f"wrote {path}")
+        wrote(path)
     if result.basis_path:
         typer.echo(f"PCA basis: {result.basis_path}")
     typer.echo(f"{result.frames} frame(s) of {result.size[0]}x{result.size[1]} at {result.fps:.2f} fps")

@@ -10,13 +10,14 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from ..errors import DinoscopeError
+from ..errors import DinoscopeError, redact
 from ..files import sigterm_as_interrupt
 
 USAGE, INTERRUPTED, INTERNAL = 2, 130, 1
 
 
 def say(line: str, prog: str | None) -> None:
+    line = redact(line)  # a URL's password never reaches the terminal or a log
     print(f"{prog}: {line}" if prog else line, file=sys.stderr)
 
 

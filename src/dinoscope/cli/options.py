@@ -16,7 +16,8 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import InputError
-from ..geometry import DEFAULT_MAX_PIXELS, DEFAULT_MAX_TOKENS, DENSITIES
+from ..files import check_writable_folder, transaction
+from ..geometry import DEFAULT_MAX_PIXELS, DEFAULT_MAX_TOKENS, DENSITIES, UPSAMPLE_METHODS
 from ..models import DEFAULT_MODEL
 
 DEFAULT_SAMPLE = "sample:chelsea"
@@ -144,7 +145,14 @@ def shared(*names: str):
         @functools.wraps(command)
         def run(**given):
             opts = Options(**{name: given.pop(name) for name in names})
-            return command(**given, opts=opts)
+            check(opts, names)
+            if "out" not in names:
+                return command(**given, opts=opts)
+            check_writable_folder(opts.out)  # before the model loads and before any forward pass
+            if _names_a_collection(given.get("images")):
+                return command(**given, opts=opts)  # a collection commits each input on its own
+            with transaction():  # one command's outputs appear together or not at all
+                return command(**given, opts=opts)
 
         del run.__wrapped__  # typer must see the signature below, not the command's own
         run.__signature__ = inspect.Signature(own + extra)
@@ -201,6 +209,44 @@ def layer_list(text: str) -> list[int]:
     return picked
 
 
+def _names_a_collection(images) -> bool:
+    from ..collections import is_collection
+
+    return bool(images) and is_collection(images)
+
+
+def check(opts: Options, names=None) -> None:
+    """The shared options that can be checked without a model, checked now (flag names in every message)."""
+    names = set(names or FLAGS)
+    if "resolution" in names:
+        from ..geometry import Resolution
+
+        Resolution.parse(opts.resolution)
+    if "max_tokens" in names:
+        at_least(opts.max_tokens, 0, "--max-tokens")
+    if "max_pixels" in names:
+        at_least(opts.max_pixels, 1, "--max-pixels")
+    if "batch_size" in names:
+        check_batch_size(opts)
+    if "device" in names:
+        from ..models.loading import resolve_device, resolve_dtype
+
+        resolve_device(opts.device)
+        resolve_dtype(opts.dtype)
+
+
+def at_least(value, low, flag: str) -> None:
+    if value < low:
+        raise InputError(f"{flag} must be at least {low}, got {value}")
+
+
+def fraction(value: float, flag: str) -> float:
+    """A number from 0 to 1 (an opacity); NaN is refused."""
+    if not 0.0 <= value <= 1.0:  # NaN fails both comparisons
+        raise InputError(f"{flag} must be between 0 and 1, got {value}")
+    return value
+
+
 def check_batch_size(opts: Options) -> None:
     if opts.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {opts.batch_size}")
@@ -209,13 +255,12 @@ def check_batch_size(opts: Options) -> None:
 def upsampling(opts: Options) -> str:
     """The --upsample method (--sharpen meaning guided); --density is checked too, so a command that loads a
     model before building its extractor can call this first and fail before any model loads."""
-    from ..analyses.upsample import METHODS
-
     if opts.density not in DENSITIES:
         raise InputError(f"--density {opts.density} is not offered; use {', '.join(map(str, DENSITIES))}")
     method = opts.upsample.strip().lower()
-    if method not in METHODS:
-        raise InputError(f"unknown --upsample {opts.upsample!r}; use {', '.join(METHODS)} (or --sharpen for guided)")
+    if method not in UPSAMPLE_METHODS:
+        raise InputError(f"unknown --upsample {opts.upsample!r}; use {', '.join(UPSAMPLE_METHODS)} "
+                         "(or --sharpen for guided)")
     if opts.sharpen and method not in ("guided", "nearest"):
         raise InputError(f"--sharpen means --upsample guided; drop one of --sharpen and --upsample {method}")
     return "guided" if opts.sharpen else method
@@ -236,3 +281,20 @@ def extractor(opts: Options):
     return Extractor(opts.model, device=opts.device, dtype=opts.dtype, resolution=policy, layer=opts.layer,
                      normed=not opts.prenorm, max_pixels=opts.max_pixels, cache=None if off else FeatureCache(opts.cache_dir),
                      batch_size=opts.batch_size, density=opts.density, tiles=opts.tiles)
+
+
+def reader(opts: Options):
+    """What a single-image command reads features through: with the disk cache on, a CachedReader (images all
+    in the cache are read and drawn without importing torch), else the Extractor itself. A device other than
+    auto or cpu goes to the Extractor, which checks it now even when every image is cached, and so do a
+    density or tiles other than the plain patch grid."""
+    from ..cache import FeatureCache, cache_disabled_by_env
+    from ..cached import CachedReader
+    from ..geometry import Resolution
+
+    off = opts.no_cache or (opts.cache_dir is None and cache_disabled_by_env())
+    if off or str(opts.device).lower() not in ("auto", "cpu") or opts.density != 1 or opts.tiles:
+        return extractor(opts)
+    policy = Resolution.parse(opts.resolution, max_tokens=opts.max_tokens or None)
+    return CachedReader(opts.model, resolution=policy, layer=opts.layer, normed=not opts.prenorm, dtype=opts.dtype,
+                        max_pixels=opts.max_pixels, cache=FeatureCache(opts.cache_dir), fallback=lambda: extractor(opts))

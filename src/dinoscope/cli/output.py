@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from ..errors import InputError
-from ..files import output_stem, save_image, write_text
+from ..files import after_writes, check_writable_file, output_stem, save_image, write_text
 
 
 def stem(source: str | None) -> str:
@@ -19,19 +19,31 @@ def stem(source: str | None) -> str:
 
 def save(picture, out: Path, name: str) -> Path:
     path = save_image(picture, out / name)
-    typer.echo(f"wrote {path}")
+    wrote(path)
     return path
+
+
+def wrote(path) -> None:
+    """Say "wrote PATH" once the file is really there (after the run's outputs are committed)."""
+    after_writes(lambda: typer.echo(f"wrote {path}"))
 
 
 def check_pairs_path(path: Path | None) -> None:
     if path is not None and path.suffix.lower() not in (".csv", ".json"):
         raise InputError(f"cannot tell the format of {path}; name it .csv or .json")
+    check_file_target(path)
+
+
+def check_file_target(path: Path | None) -> None:
+    """Before any work: the folder of an extra output file (--pairs, --save-basis) can take it."""
+    if path is not None:
+        check_writable_file(path)
 
 
 def write_pairs(matches, path: Path) -> None:
     check_pairs_path(path)
     write_text(matches.to_csv() if path.suffix.lower() == ".csv" else matches.to_json(), path)
-    typer.echo(f"wrote {path}")
+    wrote(path)
 
 
 class PhaseBars:

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ModelError
-from . import timm_config
-from .adapters import adapter_for
+from ..files import file_kind, read_bounded
+from . import limits, timm_config
 from .registry import DEFAULT_MODEL, IMAGENET_MEAN, IMAGENET_STD, MODELS, SAT_MEAN, SAT_STD, lookup
 
 DEMO_RANDOM_MODEL = "random:vitb16"
@@ -49,6 +49,9 @@ class Backbone:
     @property
     def adapter(self):
         """The family's adapter (models.adapters): the one way extraction reads tokens and attention."""
+        # imported on use: the adapters need torch, and identifying a cached model (`identify`) must not
+        from .adapters import adapter_for
+
         return adapter_for(self.module, self.kind, source=self.source, num_registers=self.num_registers,
                            patch_size=self.patch_size)
 
@@ -86,8 +89,13 @@ def resolve_device(device: str | None = "auto"):
         dev = torch.device(name)
     except RuntimeError as exc:
         raise ModelError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from exc
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ModelError(f"device {device!r} is not offered; use auto, cpu, cuda, cuda:N or mps")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ModelError(f"device {device!r} asked for but CUDA is not available here; use --device cpu or auto")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ModelError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} CUDA "
+                         f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ModelError(f"device {device!r} asked for but MPS is not available here; use --device cpu or auto")
     return dev
@@ -96,15 +104,17 @@ def resolve_device(device: str | None = "auto"):
 def resolve_dtype(dtype):
     import torch
 
-    if isinstance(dtype, torch.dtype):
-        name = str(dtype).removeprefix("torch.")
-    else:
-        name = str(dtype or "float32").lower()
+    return getattr(torch, dtype_name(dtype))
+
+
+def dtype_name(dtype) -> str:
+    """"float32" or "bfloat16" for a dtype name or torch dtype, without importing torch (cache keys need it)."""
+    name = str(dtype or "float32").lower().removeprefix("torch.")
     if name in ("float16", "fp16", "half"):
         raise ModelError("float16 is not offered: DINOv3 overflows in fp16; use --dtype bfloat16 or float32")
     if name not in DTYPES:
         raise ModelError(f"unknown dtype {dtype!r}; use float32 or bfloat16")
-    return getattr(torch, DTYPES[name])
+    return DTYPES[name]
 
 
 def load_model(source: str | os.PathLike = DEFAULT_MODEL, *, device: str | None = "auto", dtype="float32",
@@ -134,11 +144,13 @@ def load_model(source: str | os.PathLike = DEFAULT_MODEL, *, device: str | None 
             _check_memory(lookup(name).params, "float32", dev, text)  # built in float32 before any cast
         module, revision = random_model(name), "random-seed0"
     elif path.is_dir():
+        _check_folder_limits(path, dtype_name, dev, text, check_memory)
         if check_memory:
             _check_memory(_count_folder(path), dtype_name, dev, text)
         folder, revision = path, _fingerprint(path)
         module = _load_transformers_folder(folder, text, attention)
     elif path.is_file():
+        limits.checkpoint_bytes(path)  # a zip bomb or a broken header refused before anything is inflated
         if check_memory:
             _check_memory(_count_file(path), dtype_name, dev, text)
         module, revision = _load_file(path, torch_dtype), _fingerprint_file(path)
@@ -250,6 +262,9 @@ def random_model(name: str):
 def _unknown_message(text: str) -> str:
     from .registry import closest
 
+    kind = file_kind(Path(text).expanduser())
+    if kind is not None:
+        return f"{text} is {kind}, not a checkpoint file or model folder; pass a .pth/.safetensors file or a folder"
     looks_like_path = any(c in text for c in "/\\") or text.endswith((".pth", ".pt", ".safetensors"))
     if looks_like_path:
         return (f"no file or folder {text!r} exists; check the path, or pass a short name (`dinoscope models`) "
@@ -290,6 +305,21 @@ def _check_memory(params: int | None, dtype: str, device, what: str) -> None:
             f"{what} has {human_count(params)} parameters and needs about {human_bytes(need)} in {dtype}, but only "
             f"{human_bytes(free)} is free on {device.type}; {hint}pick a smaller model (`dinoscope models`) or free memory"
         )
+
+
+def _check_folder_limits(folder: Path, dtype: str, device, what: str, check_memory: bool) -> None:
+    """A folder's weights files (headers, without inflating) and the model its config.json asks for (against
+    memory), before anything is built."""
+    for weights in sorted(folder.glob("*.safetensors")):
+        limits.safetensors_bytes(weights)
+    config = folder / "config.json"
+    if check_memory and config.is_file():
+        try:
+            parsed = json.loads(read_bounded(config, 2**20, "the model config").decode("utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"cannot read {config}: {exc}; pass a folder written by save_pretrained") from exc
+        if isinstance(parsed, dict):
+            _check_memory(limits.config_params(parsed, what), dtype, device, what)
 
 
 def _count_safetensors(path: Path) -> int:

@@ -7,6 +7,7 @@ message in the page and leaves the rest of the page as it was. No Gradio here.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import tempfile
@@ -17,13 +18,14 @@ from pathlib import Path
 from PIL import Image
 
 from .. import render
-from ..analyses import CLS, PCABasis, Pixel, query_index
-from ..errors import DinoscopeError, InputError
+from ..analyses import CLS, PCABasis, Pixel, query_index, similarity_map
+from ..errors import DinoscopeError, InputError, redact
 from ..files import write_text
 from ..views import attention_view, matches_view, norms_view, pca_view, similarity_view
 from .state import CMAPS, DETAIL_CHOICES, OTHER, SAME, SLOTS, Engine, Session, Slot
 
 log = logging.getLogger("dinoscope")
+PAGE_WIDTH = 1200  # about how wide the page shows a picture on a desktop screen
 
 
 @dataclass(frozen=True)
@@ -58,16 +60,23 @@ def _set_slot(session: Session | None, name: str, slot: Slot) -> Session:
     session.slots[name] = slot
     if session.query and session.query[0] == name:
         session.query = None
+        session.views.discard("similarity")
     session.matches = None
     return session
 
 
-def _loaded(engine: Engine, session, slot: str, s: Slot, what: str, settings: Settings | None):
-    """Put the image in the session; with settings, run its forward pass now so the first click is instant."""
+def _loaded(engine: Engine, session, slot: str, s: Slot, what: str, settings: Settings | None, report=None):
+    """Put the image in the session; with settings, run its forward pass now so the first click is instant.
+
+    `report(fraction, text)`, when given, hears about the slow part (the page shows it as progress)."""
     session = _set_slot(session, slot, s)
-    message = f"image {slot}: {what} ({s.image.width}x{s.image.height}); click on it"
+    message = f"image {slot}: {what} ({s.image.width}x{s.image.height}); click on it or point at it"
+    if s.notice:
+        message += f" ({s.notice})"
     if settings is not None:
         started = time.perf_counter()
+        if report is not None:
+            report(0.1, f"image {slot}: computing features ({settings.model})")
         try:
             feats = _features(engine, settings, s)
             message += (f" (features ready in {time.perf_counter() - started:.1f} s; weights {feats.model} at "
@@ -77,18 +86,90 @@ def _loaded(engine: Engine, session, slot: str, s: Slot, what: str, settings: Se
     return session, s.image, message
 
 
-def load_sample(engine: Engine, session, name: str, slot: str = "A", settings: Settings | None = None):
-    return _loaded(engine, session, slot, engine.load_sample(name), f"sample {name}", settings)
+def load_sample(engine: Engine, session, name: str, slot: str = "A", settings: Settings | None = None, report=None):
+    return _loaded(engine, session, slot, engine.load_sample(name), f"sample {name}", settings, report)
 
 
-def load_upload(engine: Engine, session, path, slot: str = "A", allowed_root=None, settings: Settings | None = None):
+def load_upload(engine: Engine, session, path, slot: str = "A", allowed_root=None, settings: Settings | None = None,
+                report=None):
     s = engine.load_upload(path, allowed_root)
-    return _loaded(engine, session, slot, s, s.label, settings)
+    return _loaded(engine, session, slot, s, s.label, settings, report)
 
 
-def load_url(engine: Engine, session, url: str, slot: str = "A", settings: Settings | None = None):
+def load_url(engine: Engine, session, url: str, slot: str = "A", settings: Settings | None = None, report=None):
     s = engine.load_url(url)
-    return _loaded(engine, session, slot, s, s.label, settings)
+    return _loaded(engine, session, slot, s, s.label, settings, report)
+
+
+def live_data(engine: Engine, session: Session, settings: Settings) -> dict:
+    """What the page's overlay needs per image: its grid and the file of unit features (see `Engine.live`).
+
+    None for an empty slot or one whose features failed (the page then draws nothing over it)."""
+    out: dict = {"model": settings.model, "resolution": settings.resolution, "layer": settings.layer}
+    for name in SLOTS:
+        s = session.slots.get(name)
+        out[name] = None
+        if s is None:
+            continue
+        try:
+            feats = _features(engine, settings, s)
+        except DinoscopeError:
+            continue
+        key = engine.key(settings.model, s, settings.resolution, settings.layer, settings.density)
+        tag = hashlib.sha1(repr(key).encode())
+        out[name] = engine.live(feats, engine.session_folder(session), f"{name}-{tag.hexdigest()[:16]}")
+    return out
+
+
+def query_overlay(engine: Engine, session: Session, settings: Settings, target: str = SAME) -> dict | None:
+    """The last query as the page's overlay draws it: the query cell (None for CLS), the image the map goes
+    over, and the map's values when that image's features are too large to be sent (server-side fallback)."""
+    if session.query is None:
+        return None
+    slot, x, y = session.query
+    dest = slot if target != OTHER else ("B" if slot == "A" else "A")
+    if session.slots.get(dest) is None:
+        return None
+    feats = _features(engine, settings, session.slot(slot))
+    query = CLS if x is None else Pixel(float(x), float(y))
+    cell = None if x is None else list(divmod(query_index(feats, query), feats.geometry.cols))
+    out = {"slot": slot, "target": dest, "cell": cell, "sims": None}
+    tfeats = feats if dest == slot else _features(engine, settings, session.slot(dest))
+    if tfeats.flat.numel() * 2 > engine.live_max_bytes:
+        sims = similarity_map(tfeats, query, query_features=None if dest == slot else feats)
+        out["sims"] = [round(float(v), 4) for v in sims.flatten().tolist()]
+    return out
+
+
+def redraw(session: Session, drawers: dict, only=None) -> tuple[dict, list[str]]:
+    """Redraw every open view ({name: draw() -> (picture, message)}); a view that fails is cleared.
+
+    Returns ({name: picture or None}, messages); views never drawn are left out."""
+    pictures, messages = {}, []
+    for name, draw in drawers.items():
+        if name not in session.views or (only is not None and name not in only):
+            continue
+        try:
+            pictures[name], message = draw()
+            messages.append(message)
+        except DinoscopeError as exc:
+            pictures[name] = None
+            messages.append(f"{name}: {exc}")
+    return pictures, messages
+
+
+def choose_model(engine: Engine, session, label: str) -> tuple[str, str]:
+    """Load the chosen model now: (the model to keep selected, message). A model that cannot be loaded
+    (not downloaded and offline, say) is refused and the previous one stays selected."""
+    session = session if isinstance(session, Session) else Session()
+    previous = session.model if session.model in engine.models else engine.default_label
+    started = time.perf_counter()
+    try:
+        engine.backbone(label)
+    except DinoscopeError as exc:
+        return previous, f"error: {label} cannot be used: {exc}; still using {previous}"
+    session.model = label
+    return label, f"model {label} ready ({time.perf_counter() - started:.1f} s)"
 
 
 def similarity(engine: Engine, session: Session, settings: Settings, slot: str, x=None, y=None, *,
@@ -110,6 +191,7 @@ def similarity(engine: Engine, session: Session, settings: Settings, slot: str, 
         cell = "patch" if g.density == 1 else f"cell (density {g.density})"
         where = f"pixel ({int(x)}, {int(y)}) = {cell} {index} (row {row}, col {col}){note}"
     session.query = (slot, x, y)
+    session.views.add("similarity")
     if target == OTHER:
         other = "B" if slot == "A" else "A"
         dest = session.slot(other)
@@ -141,6 +223,7 @@ def pca(engine: Engine, session: Session, settings: Settings, *, components="1,2
     picked = _components(components)
     names = ["A", "B"] if both else ["A"]
     feats = [_features(engine, settings, session.slot(n)) for n in names]
+    session.views.add("pca")
     basis = PCABasis.fit(feats, max(3, max(picked) + 1), foreground_only=bool(foreground))
     pictures = [pca_view(f, basis, components=picked, cmap=cmap, upsample=settings.upsample,
                          guide=session.slot(n).image) for f, n in zip(feats, names, strict=True)]
@@ -155,6 +238,7 @@ def norms(engine: Engine, session: Session, settings: Settings, slot: str = "A",
     _check_cmap(cmap)
     s = session.slot(slot)
     feats = _features(engine, settings, s)
+    session.views.add("norms")
     return (norms_view(feats, s.image, cmap=cmap, alpha=_unit(alpha, "opacity"), upsample=settings.upsample),
             f"feature norms of image {slot}")
 
@@ -169,13 +253,18 @@ def attention(engine: Engine, session: Session, settings: Settings, slot: str = 
         # attention is read from one pass on the patch grid whatever the density: the click names its patch
         query = Pixel(float(session.query[1]), float(session.query[2]))
     att = engine.attention(settings.model, s, settings.resolution, settings.layer, query)
+    session.views.add("attention")
     shares = att.shares()
     who = "CLS" if att.query < 0 else f"patch {att.query}"
     message = (f"attention of {who} in block {att.layer} of image {slot}: {shares['patches']:.1%} to patches, "
                f"{shares['registers']:.1%} to registers, {shares['cls']:.1%} to CLS")
     if settings.density != 1:
         message += " (attention is on the patch grid: one pass, not the shifted ones)"
-    return attention_view(att, s.image, heads=bool(heads), cmap=cmap, upsample=settings.upsample), message
+    # the page shows pictures about PAGE_WIDTH pixels wide: as many panels a row as fit at full size, so
+    # the per-head captions stay at their drawn size instead of being scaled down to a few pixels
+    columns = max(1, min(4, PAGE_WIDTH // max(1, s.image.width)))
+    return (attention_view(att, s.image, heads=bool(heads), cmap=cmap, columns=columns, upsample=settings.upsample),
+            message)
 
 
 def matching(engine: Engine, session: Session, settings: Settings, *, method: str = "hungarian", top_k: int = 50,
@@ -192,6 +281,7 @@ def matching(engine: Engine, session: Session, settings: Settings, *, method: st
     picture, found = matches_view(fa, fb, a.image, b.image, method=method, top_k=max(0, int(top_k)), cmap=cmap,
                                   matches=cached)
     session.matches = (key, found)
+    session.views.add("matching")
     shown = min(len(found), int(top_k)) if int(top_k) > 0 else min(len(found), 800)
     return session, picture, f"{len(found)} {method} matches between A and B; {shown} drawn, coloured by score"
 
@@ -240,9 +330,9 @@ def _components(text) -> list[int]:
 
 def _message(exc: BaseException) -> str:
     if isinstance(exc, DinoscopeError):
-        return f"error: {exc}"
+        return redact(f"error: {exc}")
     log.exception("explorer callback failed")
-    return f"internal error: {type(exc).__name__}: {exc}"
+    return redact(f"internal error: {type(exc).__name__}: {exc}")
 
 
 KEEP_PICTURES = 8  # per session: Gradio has its own copy once it has answered
