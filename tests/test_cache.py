@@ -300,3 +300,35 @@ def test_scratch_layer_is_private_and_removed(tmp_path):
         scratch = layered.front.folder
         assert scratch.is_dir() and any(scratch.rglob("*.safetensors"))
     assert not scratch.exists()
+
+
+@pytest.mark.parametrize("kind", ["random", "file"])
+def test_second_extractor_hits_the_cache_without_loading_the_model(kind, tiny_model_dir, tmp_path):
+    """random: models are known by name and seed, single weights files by a cheap fingerprint: no load to read the cache."""
+    import torch
+
+    from dinoscope.features import Extractor
+
+    source = "random:vits16" if kind == "random" else str(next(Path(tiny_model_dir).glob("*.safetensors")))
+    cache = FeatureCache(tmp_path / "c")
+    first = Extractor(source, device="cpu", cache=cache)
+    _, made = first("sample:chelsea")
+    assert first.forward_passes == 1
+    second = Extractor(source, device="cpu", cache=FeatureCache(tmp_path / "c"))
+    _, again = second("sample:chelsea")
+    assert second.forward_passes == 0 and second._backbone is None  # the model was never loaded
+    assert torch.equal(made.patches, again.patches)
+
+
+def test_file_fingerprint_changes_with_the_file(tmp_path):
+    from dinoscope.models.loading import _fingerprint_file
+
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"a" * 200_000)
+    before = _fingerprint_file(weights)
+    stat = weights.stat()
+    with weights.open("r+b") as f:  # same size and time, different tail
+        f.seek(199_000)
+        f.write(b"b")
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert _fingerprint_file(weights) != before

@@ -31,10 +31,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp = directory / temporary_name(target.name)
         # created like any new file (mode 0666 less the umask), unlike mkstemp's private 0600
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        mode = os.stat(tmp).st_mode & 0o777
     except OSError as exc:
         raise InputError(f"cannot write to {directory}: {exc.strerror or exc}; choose a writable output folder") from exc
     try:
         yield tmp
+        os.chmod(tmp, mode)  # a writer that replaced the file (safetensors does) must not leave it private
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):

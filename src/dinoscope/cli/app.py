@@ -12,8 +12,8 @@ import sys
 
 import typer
 
-from . import analyses, collections, explorer, insights
-from .errors import INTERRUPTED, run_guarded, say
+from . import analyses, collections, explorer, insights, output
+from .errors import INTERRUPTED, as_flags, run_guarded, say
 
 app = typer.Typer(
     name="dinoscope",
@@ -37,13 +37,20 @@ for command in (insights.segments, insights.search, insights.atlas, insights.pro
     app.command()(command)
 
 
+class _FlagFormatter(logging.Formatter):
+    """Notices name API parameters; on the command line they read as flags."""
+
+    def format(self, record) -> str:
+        return as_flags(super().format(record))
+
+
 @contextlib.contextmanager
 def _notices_on_stderr():
     """Library notices (logger "dinoscope") as "dinoscope: ..." lines on stderr for the run, then as before."""
     logger = logging.getLogger("dinoscope")
     saved = logger.handlers[:], logger.level, logger.propagate
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("dinoscope: %(message)s"))
+    handler.setFormatter(_FlagFormatter("dinoscope: %(message)s"))
     logger.handlers[:] = [handler]
     logger.setLevel(logging.INFO)
     logger.propagate = False
@@ -56,9 +63,14 @@ def _notices_on_stderr():
 def _invoke(args: list[str]) -> int:
     """Run the command line; click's own outcomes (help, usage errors, exits) become exit codes here."""
     command = typer.main.get_command(app)
+    output.RUN = output.RunRecord()
     try:
         with _notices_on_stderr():
             code = command.main(args=args, prog_name="dinoscope", standalone_mode=False)
+        output.RUN.status.clear()
+        summary = output.RUN.summary()
+        if summary:
+            print(f"dinoscope: {summary}", file=sys.stderr)
     except Exception as exc:
         # typer vendors click in recent releases, so its exceptions are recognised by shape, not class
         name = type(exc).__name__

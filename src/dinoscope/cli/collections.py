@@ -12,7 +12,7 @@ import typer
 from ..errors import InputError
 from . import options as o
 from .options import BASIS, CACHE, COLLECTION, EXTRACTION, MODEL, Options, shared
-from .output import PhaseBars, stem
+from .output import PhaseBars, announce, stem
 
 MAX_FAILURES_SHOWN = 20
 
@@ -40,6 +40,7 @@ def run(kind: str, images: list[str], job_options: dict, opts: Options) -> int:
 
         job.basis = PCABasis.load(opts.basis)
     extractor = o.extractor(opts)
+    extractor.status = None  # the collection's progress bars say what is under way
     bars = PhaseBars(opts.progress)
     try:
         if engine == "ray":
@@ -66,7 +67,7 @@ def run_one(kind: str, images: list[str] | None, job_options: dict, opts: Option
     basis = PCABasis.load(opts.basis) if opts.basis is not None and kind in ("pca", "all") else None
     job = Job(kind, job_options, basis=basis)
     for path in run_single(image or o.DEFAULT_SAMPLE, stem(image), o.reader(opts), job, opts.out):
-        typer.echo(f"wrote {path}")
+        announce(path)
     return job
 
 
@@ -93,7 +94,8 @@ def extract(
              "(see `dinoscope pca --help`).")],
     *, opts: Options,
 ):
-    """Write each image's tokens to OUT/<name>.safetensors (keys cls, registers, patches; geometry in the metadata).
+    """Write each image's tokens to OUT/<name>.safetensors (keys cls, registers, patches; geometry in the metadata);
+    with one image, `-o FILE.safetensors` writes that file.
 
     Images of the same input size are batched; throughput is reported at the end. Several images, a
     folder, a glob or @LIST.txt also write OUT/manifest.jsonl; with --engine ray the features are
@@ -106,7 +108,10 @@ def extract(
         return run("extract", images, {}, opts)
     extractor = o.extractor(opts)
     started = time.perf_counter()
-    for path in run_single(images[0], stem(images[0]), extractor, Job("extract"), opts.out):  # several: a collection
+    # one image (several make a collection); -o FILE.safetensors names the file itself
+    to_file = opts.out.suffix.lower() == ".safetensors" and not opts.out.is_dir()
+    out, name = (opts.out.parent, opts.out.stem) if to_file else (opts.out, stem(images[0]))
+    for path in run_single(images[0], name, extractor, Job("extract"), out):
         typer.echo(f"wrote {path}")
     elapsed = time.perf_counter() - started
     hits = extractor.cache.hits if extractor.cache is not None else 0
@@ -128,7 +133,7 @@ def video(
     """PCA colours beside every frame (one basis for the whole clip) and a query point from the first frame
     followed through the clip; writes OUT/<name>_pca.mp4/.gif and OUT/<name>_similarity.mp4/.gif.
 
-    Needs PyAV: pip install "dinoscope[video]". Without a query, the centre patch is used.
+    Needs PyAV: pip install "dinoscope\\[video]". Without a query, the centre patch is used.
     """
     from ..video import require_av, run_video
 
