@@ -1,6 +1,5 @@
 """The Hugging Face Space app (space/): starts offline from the HF cache and serves the explorer's page."""
 
-import os
 import re
 import signal
 import subprocess
