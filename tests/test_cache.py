@@ -383,3 +383,35 @@ def test_injected_full_disk_on_put_is_a_notice(tiny_model_dir, tmp_path, caplog,
     assert cache.put(_key(), _features()) is None
     assert "cannot be written" in caplog.text and "no space" in caplog.text.lower()
     assert not any(p.is_file() for p in (tmp_path / "c").rglob("*"))
+
+
+@pytest.mark.parametrize("kind", ["random", "file"])
+def test_second_extractor_hits_the_cache_without_loading_the_model(kind, tiny_model_dir, tmp_path):
+    """random: models are known by name and seed, single weights files by a cheap fingerprint: no load to read the cache."""
+    import torch
+
+    from dinoscope.features import Extractor
+
+    source = "random:vits16" if kind == "random" else str(next(Path(tiny_model_dir).glob("*.safetensors")))
+    cache = FeatureCache(tmp_path / "c")
+    first = Extractor(source, device="cpu", cache=cache)
+    _, made = first("sample:chelsea")
+    assert first.forward_passes == 1
+    second = Extractor(source, device="cpu", cache=FeatureCache(tmp_path / "c"))
+    _, again = second("sample:chelsea")
+    assert second.forward_passes == 0 and second._backbone is None  # the model was never loaded
+    assert torch.equal(made.patches, again.patches)
+
+
+def test_file_fingerprint_changes_with_the_file(tmp_path):
+    from dinoscope.models.loading import _fingerprint_file
+
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"a" * 200_000)
+    before = _fingerprint_file(weights)
+    stat = weights.stat()
+    with weights.open("r+b") as f:  # same size and time, different tail
+        f.seek(199_000)
+        f.write(b"b")
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert _fingerprint_file(weights) != before

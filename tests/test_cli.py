@@ -64,11 +64,11 @@ def test_default_model_from_the_offline_cache(hf_home, tmp_path):
     assert result.returncode == 0, result.stderr
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
     for stem in ("chelsea", "coffee", "astronaut"):
-        for kind in ("norms", "pca", "similarity", "similarity_cls"):
+        for kind in ("norms", "pca", "sim_centre", "sim_cls"):
             assert f"{stem}_{kind}.png" in files
-    assert "chelsea_coffee_matches.png" in files and "coffee_astronaut_matches.png" in files
-    with Image.open(tmp_path / "out" / "chelsea_pca.png") as im:
-        assert im.size == (451, 300) and im.mode == "RGB"
+    assert "chelsea_coffee_matches_hungarian.png" in files and "coffee_astronaut_matches_hungarian.png" in files
+    with Image.open(tmp_path / "out" / "chelsea_pca.png") as im:  # photo, map and legend side by side, caption below
+        assert im.width > 2 * 451 and im.height > 300 and im.mode == "RGB"
     assert str((tmp_path / "out").resolve()) in result.stdout
 
 
@@ -84,8 +84,9 @@ def test_each_command_writes_its_picture(cli, tiny_model_dir, tmp_path):
     assert r.returncode == 0, r.stderr
     assert cli("extract", "sample:chelsea", *common).returncode == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["astronaut_pca.png", "chelsea.safetensors", "coffee_chelsea_matches.png", "coffee_norms.png",
-                     "coffee_pca2.png", "coffee_similarity.png", "coffee_to_chelsea_similarity.png"]
+    assert names == ["astronaut_pca.png", "chelsea.safetensors", "coffee_chelsea_matches_hungarian.png",
+                     "coffee_norms.png", "coffee_pca2.png", "coffee_sim_px100-50.png", "coffee_to_chelsea_sim_cls.png"]
+    assert cli("norms", "sample:coffee", *common, "--bare").returncode == 0
     with Image.open(out / "coffee_norms.png") as im:
         assert im.size == (600, 400)
     rows = (tmp_path / "m.csv").read_text().splitlines()
@@ -228,5 +229,37 @@ def test_debug_shows_the_traceback(tiny_model_dir, tmp_path):
 def test_all_on_the_samples_matches_each_against_the_given_image(cli, tiny_model_dir, tmp_path):
     result = cli("all", "--match", "sample:coffee", "--model", tiny_model_dir, "--out", tmp_path)
     assert result.returncode == 0, result.stderr
-    matches = sorted(p.name for p in tmp_path.glob("*_matches.png"))
-    assert matches == ["astronaut_coffee_matches.png", "chelsea_coffee_matches.png"]
+    matches = sorted(p.name for p in tmp_path.glob("*_matches_*.png"))
+    assert matches == ["astronaut_coffee_matches_hungarian.png", "chelsea_coffee_matches_hungarian.png"]
+
+
+def test_extract_to_a_named_file_with_normal_permissions(tiny_model_dir, tmp_path):
+    import os
+    import stat
+
+    target = tmp_path / "feats.safetensors"
+    old = os.umask(0o022)
+    try:
+        result = run("extract", "sample:chelsea", "--model", tiny_model_dir, "-o", target)
+    finally:
+        os.umask(old)
+    assert result.returncode == 0, result.stderr
+    assert target.is_file()
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize("command, extra", [("pca", "ray"), ("video", "video"), ("ui", "ui")])
+def test_help_shows_bracketed_extras(command, extra):
+    result = run(command, "--help")
+    assert result.returncode == 0 and f"dinoscope[{extra}]" in result.stdout.replace("\n", "")
+
+
+def test_progress_status_and_summary_on_request_quiet_otherwise(tiny_model_dir, tmp_path):
+    common = ["norms", "sample:chelsea", "--model", tiny_model_dir, "--out", tmp_path, "--no-cache"]
+    quiet = run(*common)
+    assert quiet.returncode == 0 and quiet.stderr == ""  # not a terminal: nothing on stderr
+    told = run(*common, "--progress")
+    assert told.returncode == 0, told.stderr
+    assert "loading model" in told.stderr and "computing features" in told.stderr
+    last = told.stderr.strip().splitlines()[-1]
+    assert last.startswith("dinoscope: 1 picture in ") and "model " in last and "features " in last

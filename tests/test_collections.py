@@ -96,7 +96,7 @@ def test_bad_collection_specs_are_one_line_errors(tmp_path, capsys):
 
 def test_collection_run_outputs_manifest_failures_and_exit_code(collection, tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "out"
-    code, stdout, stderr = cli(capsys, "norms", collection, "-m", tiny_model_dir, "-o", out, "--progress")
+    code, stdout, stderr = cli(capsys, "norms", collection, "-m", tiny_model_dir, "-o", out, "--progress", "--bare")
     assert code == 1, stderr
     assert "12 of 14 input(s)" in stdout and "2 failed" in stdout and "images/s" in stdout
     assert "img/s" in stderr or "images/s" in stderr  # the progress bar

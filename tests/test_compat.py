@@ -101,3 +101,31 @@ def test_load_dinov3_model_default_id_offline(offline_hub):
     model = load_dinov3_model(device="cpu")
     assert model.source == "facebook/dinov3-vitb16-pretrain-lvd1689m" and model.num_registers == 4
     assert model.revision == "0123456789abcdef0123456789abcdef01234567"
+
+
+def test_reference_keywords_and_run(tiny_backbone, photo):
+    """The calls the reference's scripts make: its keyword names, and run(...) for the bare result."""
+    import torch
+
+    from dinoscope import (FeaturesLengthExperiment, MatchingExperiment, PCAExperiment, SimilarityExperiment,
+                           process_image)
+    from dinoscope.errors import InputError
+
+    _, inputs = process_image(photo, device="cpu")
+    _, small = process_image("sample:chelsea", device="cpu")
+    lengths = FeaturesLengthExperiment(dinov3_model=tiny_backbone)
+    by_keyword = lengths.run_dict(preprocessed_inputs=inputs)["norm_feat_lens"]
+    assert torch.equal(by_keyword, lengths.run_dict(inputs)["norm_feat_lens"])
+    assert torch.equal(lengths.run(preprocessed_inputs=inputs), by_keyword)
+    assert PCAExperiment(dinov3_model=tiny_backbone).run(preprocessed_inputs=inputs).shape == (3, 26, 40)
+    sims = SimilarityExperiment(dinov3_model=tiny_backbone)
+    sim = sims.run_dict(preprocessed_inputs=inputs, patch_idx=41)["similarity"]
+    assert torch.equal(sim, sims.run_dict(inputs, patch_idx=41)["similarity"])
+    assert torch.equal(sims.run(preprocessed_inputs=inputs, patch_idx=41), sim)
+    matcher = MatchingExperiment(dinov3_model=tiny_backbone)
+    out = matcher.run_dict(preprocessed_inputs1=inputs, preprocessed_inputs2=small)
+    assert torch.equal(out["matching"], matcher.run_dict(inputs, small)["matching"])
+    matching, scores = matcher.run(preprocessed_inputs1=inputs, preprocessed_inputs2=small)
+    assert torch.equal(matching, out["matching"]) and torch.equal(scores, out["scores"])
+    with pytest.raises(InputError, match="preprocessed_inputs"):
+        lengths.run_dict(inputs, preprocessed_inputs=inputs)

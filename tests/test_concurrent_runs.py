@@ -27,7 +27,7 @@ def test_two_runs_into_one_folder_leave_valid_files(tiny_model_dir, tmp_path):
         assert p.returncode == 0, err.decode()
     names = sorted(p.name for p in out.iterdir())
     assert not [n for n in names if n.startswith(".")], names  # no temporary files left
-    assert "coffee_pca.png" in names and "coffee_chelsea_matches.png" in names
+    assert "coffee_pca.png" in names and "coffee_chelsea_matches_hungarian.png" in names
     for path in out.iterdir():
         if path.suffix == ".png":
             with Image.open(path) as im:

@@ -196,7 +196,7 @@ def test_offline_demo_draws_labelled_random_weights_and_only_the_demo_does(tmp_p
     done = cli(["all", "-r", "long:64", "-o", "demo"], offline, tmp_path)
     assert done.returncode == 0, done.stderr
     assert "REAL WEIGHTS UNREACHABLE" in done.stderr and DEMO_OPEN in done.stderr
-    for name in ("chelsea_pca.png", "chelsea_similarity.png", "chelsea_coffee_matches.png"):
+    for name in ("chelsea_pca.png", "chelsea_sim_centre.png", "chelsea_coffee_matches_hungarian.png"):
         assert Image.open(tmp_path / "demo" / name).convert("RGB").getpixel((1, 1)) == (200, 0, 0)
     for args in (["all", "sample:chelsea"], ["all", "--model", "vitb16"], ["pca", "sample:chelsea"]):
         done = cli([*args, "-r", "long:64", "-o", "named"], offline, tmp_path)
@@ -226,3 +226,14 @@ def test_explorer_works_offline_from_the_ungated_copy_and_shows_which_weights(hu
     finally:
         engine.close()
     assert f"weights {DEMO_OPEN} at revision {COMMIT[:12]}" in status
+
+
+def test_first_download_states_the_weights_licence_once(hub, timm_files, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="dinoscope")
+    hub.add(OPEN, "files", timm_files)
+    load_model(OPEN, device="cpu")
+    said = [r.getMessage() for r in caplog.records if r.name == "dinoscope" and "DINOv3 License" in r.getMessage()]
+    assert len(said) == 1 and OPEN in said[0] and "dinov3-license" in said[0]
+    caplog.clear()
+    load_model(OPEN, device="cpu")  # cached now: no second notice
+    assert not any("DINOv3 License" in r.getMessage() for r in caplog.records)

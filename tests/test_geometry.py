@@ -30,7 +30,7 @@ def test_resize_policies_round_to_patch(text, expected):
 def test_token_budget_downscales_with_notice():
     g, notice = Geometry.for_image(4000, 3000, 16, Resolution(max_tokens=4096))
     assert g.num_patches <= 4096 and g.num_patches > 3500
-    assert "4000x3000" in notice and "--max-tokens" in notice
+    assert "4000x3000" in notice and "max_tokens=" in notice
     assert g.resized and g.covered == (4000, 3000)
     g2, notice2 = Geometry.for_image(4000, 3000, 16, Resolution(max_tokens=None))
     assert notice2 is None and g2.num_patches == 250 * 187

@@ -8,6 +8,8 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+from dinoscope import names
+from dinoscope.analyses import Pixel
 from dinoscope.cache import FeatureCache
 from dinoscope.dense import shift_and_stitch
 from dinoscope.features import Extractor, forward_tokens, preprocess
@@ -82,13 +84,14 @@ def test_attention_on_a_dense_grid_says_what_to_do(tiny_backbone):
 def test_cli_density_upsample_tiles(cli, tiny_model_dir, tmp_path):  # noqa: F811
     out = tmp_path / "o"
     common = ["--model", tiny_model_dir, "--out", out, "--device", "cpu", "--resolution", "short:96"]
-    r = cli("norms", "sample:coffee", *common, "--density", "2", "--upsample", "guided")
+    r = cli("norms", "sample:coffee", *common, "--bare", "--density", "2", "--upsample", "guided")
     assert r.returncode == 0, r.stderr
-    assert cli("pca", "sample:coffee", *common, "--sharpen").returncode == 0
-    assert cli("similarity", "sample:coffee", *common, "--density", "4", "--pixel", "300,200",
+    assert cli("pca", "sample:coffee", *common, "--bare", "--sharpen").returncode == 0
+    assert cli("similarity", "sample:coffee", *common, "--bare", "--density", "4", "--pixel", "300,200",
                "--upsample", "bilinear").returncode == 0
     assert cli("extract", "sample:coffee", *common, "--density", "2").returncode == 0
-    for name in ("coffee_norms.png", "coffee_pca.png", "coffee_similarity.png"):
+    for name in (names.norms_name("coffee"), names.pca_name("coffee"),
+                 names.similarity_name("coffee", Pixel(300.0, 200.0))):
         with Image.open(out / name) as im:
             assert im.size == (600, 400), name
     with safe_open(str(out / "coffee.safetensors"), "pt") as f:
@@ -148,7 +151,7 @@ def test_a_collection_takes_density_and_upsampling(cli, tiny_model_dir, tmp_path
     for name, size in (("a.png", (120, 90)), ("b.png", (100, 70))):
         load_image("sample:coffee").resize(size).save(folder / name)
     out = tmp_path / "o"
-    r = cli("norms", folder, "--model", tiny_model_dir, "--out", out, "--density", "2", "--sharpen")
+    r = cli("norms", folder, "--model", tiny_model_dir, "--out", out, "--bare", "--density", "2", "--sharpen")
     assert r.returncode == 0, r.stderr
     for name, size in (("a_norms.png", (120, 90)), ("b_norms.png", (100, 70))):
         with Image.open(out / name) as im:

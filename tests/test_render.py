@@ -49,3 +49,48 @@ def test_overlay_checks_alpha():
     im = Image.new("RGB", (4, 4))
     with pytest.raises(InputError):
         render.overlay(im, im, 1.5)
+
+
+def test_colorbar_pixels_follow_the_colormap_at_known_values():
+    import matplotlib
+
+    bar = np.asarray(render.colorbar("turbo", -1.0, 1.0, 200, label="cosine similarity", text=12))
+    x, y, width = render.colorbar_geometry(12, "cosine similarity")
+    height = bar.shape[0] - y - 12 // 2
+    lut = matplotlib.colormaps["turbo"]
+    for value in (-1.0, 0.0, 0.5, 1.0):
+        row = y + round((1.0 - value) / 2.0 * (height - 1))
+        expected = (np.array(lut((value + 1) / 2)[:3]) * 255 + 0.5).astype(int)
+        assert np.abs(bar[row, x + width // 2].astype(int) - expected).max() <= 1, value
+
+
+def test_tick_labels_tell_close_values_apart():
+    assert render.tick_labels([19.59568, 19.59572, 19.59576]) == ["19.59568", "19.59572", "19.59576"]
+    assert render.tick_labels([-1.0, 0.0, 1.0]) == ["-1", "0", "1"]
+
+
+def test_uncovered_strip_is_hatched_and_the_covered_area_untouched():
+    g, _ = Geometry.for_image(70, 50, 16, Resolution())  # covered 64x48: a 6 px strip right, 2 px below
+    red = Image.new("RGB", (70, 50), (255, 0, 0))
+    out = np.asarray(render.mark_uncovered(red, g))
+    assert (out[:48, :64] == [255, 0, 0]).all()
+    strip = out[:, 64:].reshape(-1, 3)
+    assert not (strip == [255, 0, 0]).all(axis=1).any()  # every strip pixel repainted
+    assert {tuple(p) for p in strip} == {(225, 225, 225), render.UNCOVERED_GREY}  # background and hatching
+    assert (out[48:, :64] != [255, 0, 0]).any(axis=-1).all()
+
+
+def test_caption_band_sits_below_the_picture_and_wraps():
+    picture = Image.new("RGB", (120, 40), (10, 200, 10))
+    out = render.caption_band(picture, "model | layer 3 | query patch 7 | 448x288 input", size=12)
+    a = np.asarray(out)
+    assert (a[:40] == [10, 200, 10]).all()  # the map itself is not covered
+    band = a[40:]
+    assert (band < 100).all(axis=-1).any()  # dark text drawn below
+    assert out.height > 40 + 2 * 12  # too long for one line at this width: wrapped
+
+
+def test_pca_legend_names_the_components():
+    legend = np.asarray(render.pca_legend([0, 1, 2], 60))
+    assert ((legend == [255, 0, 0]).all(-1)).any() and ((legend == [0, 128, 0]).all(-1)).any()
+    assert ((legend == [0, 0, 255]).all(-1)).any()

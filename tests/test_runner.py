@@ -88,7 +88,8 @@ def test_resume_on_the_command_line_says_how_many_and_why(photos, tiny_model_dir
                  "--no-progress", "--no-cache"])
     captured = capsys.readouterr()
     assert code == 0 and "4 computed" in captured.out, captured
-    assert "redoing 4 of 4 input(s) recorded before: query changed (4)" in captured.err
+    # another query is another file (_sim_cell0-0 beside _sim_centre): the new outputs are missing
+    assert "redoing 4 of 4 input(s) recorded before: outputs missing (4)" in captured.err
 
 
 def test_a_damaged_manifest_line_is_skipped_with_a_notice(photos, tiny_model_dir, tmp_path, capsys):
@@ -152,7 +153,7 @@ def test_an_os_error_writing_one_input_is_recorded_and_the_run_goes_on(photos, t
         real(obj, tmp)
 
     monkeypatch.setattr(jobs, "write_object", full_disk)
-    (out / "p2_similarity.png").mkdir(parents=True)  # a folder in the way of one of p2's pictures
+    (out / "p2_sim_centre.png").mkdir(parents=True)  # a folder in the way of one of p2's pictures
     code = main(["all", str(photos), "-m", str(tiny_model_dir), "-o", str(out), "--no-progress", "--no-cache"])
     captured = capsys.readouterr()
     assert code == 1, captured
@@ -162,7 +163,7 @@ def test_an_os_error_writing_one_input_is_recorded_and_the_run_goes_on(photos, t
     assert "No space left on device" in records["p1"]["error"] and "p1_pca.png" in records["p1"]["error"]
     assert "a folder stands where the file goes" in records["p2"]["error"]
     # one transaction per input: none of a failed input's pictures, no temporary files
-    assert not list(out.glob("p1_*")) and [p.name for p in out.glob("p2_*")] == ["p2_similarity.png"]
+    assert not list(out.glob("p1_*")) and [p.name for p in out.glob("p2_*")] == ["p2_sim_centre.png"]
     assert not [p for p in out.rglob(".*")]
     assert len(list(out.glob("p[03]_*.png"))) == 8
 

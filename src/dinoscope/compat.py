@@ -52,6 +52,11 @@ class _Experiment:
         self.model = dinov3_model
         self.device = device
 
+    def run(self, *args, **kwargs):
+        """What `run_dict` returns, without the dict: its one value, or a tuple of its values (matching)."""
+        values = tuple(self.run_dict(*args, **kwargs).values())
+        return values[0] if len(values) == 1 else values
+
     def features(self, inputs) -> list:
         """One Features per image of a batch of model inputs (native size)."""
         pixels = inputs["pixel_values"] if isinstance(inputs, dict) else inputs
@@ -66,31 +71,43 @@ class _Experiment:
         return [Features(cls_t[i], regs[i], patches[i], geometry, model=self.model.source) for i in range(len(cls_t))]
 
 
+def _one(inputs, preprocessed, name: str, alias: str):
+    """The model inputs given either by our name or by the reference's keyword (exactly one of them)."""
+    if (inputs is None) == (preprocessed is None):
+        raise InputError(f"give the model inputs once, as {name} or {alias}")
+    return inputs if inputs is not None else preprocessed
+
+
 class FeaturesLengthExperiment(_Experiment):
-    def run_dict(self, inputs) -> dict:
+    def run_dict(self, inputs=None, *, preprocessed_inputs=None) -> dict:
         """{"norm_feat_lens": (B, Hp, Wp)}: L2 norm of each patch token, min-max scaled per image."""
+        inputs = _one(inputs, preprocessed_inputs, "inputs", "preprocessed_inputs")
         return {"norm_feat_lens": torch.stack([minmax(patch_norms(f)) for f in self.features(inputs)])}
 
 
 class PCAExperiment(_Experiment):
-    def run_dict(self, inputs) -> dict:
+    def run_dict(self, inputs=None, *, preprocessed_inputs=None) -> dict:
         """{"pca": (3, Hp, Wp)}: the first three components of the (first) image, scaled to [0, 1]."""
+        inputs = _one(inputs, preprocessed_inputs, "inputs", "preprocessed_inputs")
         return {"pca": pca_rgb(self.features(inputs)[0]).permute(2, 0, 1)}
 
 
 class SimilarityExperiment(_Experiment):
-    def run_dict(self, inputs, patch_idx: int = -1) -> dict:
+    def run_dict(self, inputs=None, patch_idx: int = -1, *, preprocessed_inputs=None) -> dict:
         """{"similarity": (B, Hp, Wp, 1)}: cosine similarity to patch `patch_idx` (-1 = CLS), negatives set to 0."""
+        inputs = _one(inputs, preprocessed_inputs, "inputs", "preprocessed_inputs")
         maps = [similarity_map(f, patch_idx).clamp(min=0) for f in self.features(inputs)]
         return {"similarity": torch.stack(maps)[..., None]}
 
 
 class MatchingExperiment(_Experiment):
-    def run_dict(self, inputs1, inputs2) -> dict:
+    def run_dict(self, inputs1=None, inputs2=None, *, preprocessed_inputs1=None, preprocessed_inputs2=None) -> dict:
         """{"matching": (B, N1), "scores": (B, N1)}: for each patch of image 1 its match in image 2.
 
         Patches of image 1 left unmatched (when image 1 has more patches) get -1 and score 0.
         """
+        inputs1 = _one(inputs1, preprocessed_inputs1, "inputs1", "preprocessed_inputs1")
+        inputs2 = _one(inputs2, preprocessed_inputs2, "inputs2", "preprocessed_inputs2")
         matching, scores = [], []
         for fa, fb in zip(self.features(inputs1), self.features(inputs2)):
             m = match_patches(fa, fb, "hungarian")
@@ -128,9 +145,11 @@ def _run(parser: argparse.ArgumentParser, body, argv) -> int:
 
 def _native(args, *sources):
     """(image, Features) for each source at native size, from one model load; one pair for one source."""
+    from .cache import FeatureCache, cache_disabled_by_env
     from .features import Extractor
 
-    extractor = Extractor(args.model_name, device=args.device or "auto", resolution=NATIVE_WITH_BUDGET)
+    cache = None if cache_disabled_by_env() else FeatureCache()  # the CLI's cache: a rerun does no forward pass
+    extractor = Extractor(args.model_name, device=args.device or "auto", resolution=NATIVE_WITH_BUDGET, cache=cache)
     results = extractor.extract_many(sources)
     return results[0] if len(sources) == 1 else results
 

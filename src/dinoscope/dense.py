@@ -84,7 +84,7 @@ def check_dense_cost(geometry: Geometry, density: int, *, max_tokens: int | None
     if max_tokens is not None and cells > max_tokens:
         raise InputError(
             f"density {density} turns the {geometry.rows}x{geometry.cols} grid into {rows}x{cols} = {cells} cells, above "
-            f"the budget of {max_tokens}; use a lower density, a smaller resolution (e.g. short:512) or raise --max-tokens"
+            f"the budget of {max_tokens}; use a lower density, a smaller resolution (e.g. short:512) or raise max_tokens="
         )
     if dim is None:
         return

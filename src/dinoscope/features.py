@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Sequence
 
 import numpy as np
@@ -190,6 +191,12 @@ class Extractor:
         self.forward_passes = 0  # images run through the model by this extractor (cache hits excluded)
         self._backbone = None if isinstance(model, (str, os.PathLike)) else model
         self._identity = None
+        self.status = None  # optional callable(text) told what long work is under way (the CLI's status line)
+        self.seconds = {"model": 0.0, "features": 0.0}  # time spent loading the model and computing features
+
+    def _say(self, text: str) -> None:
+        if self.status is not None:
+            self.status(text)
 
     def __repr__(self) -> str:
         model = self.model_source if isinstance(self.model_source, (str, os.PathLike)) else self.backbone.source
@@ -200,8 +207,11 @@ class Extractor:
     @property
     def backbone(self):
         if self._backbone is None:
+            self._say(f"loading model {os.fspath(self.model_source)}")
+            started = time.perf_counter()
             # through the package, so a caller (or test) that replaces models.load_model is heard
             self._backbone = models.load_model(self.model_source, device=self.device, dtype=self.dtype)
+            self.seconds["model"] += time.perf_counter() - started
         return self._backbone
 
     def load(self, source):
@@ -299,12 +309,16 @@ class Extractor:
             base = done
 
             def step(n):
+                self._say(f"computing features {n}/{len(todo)}")
                 if progress is not None:
                     progress(base + n)
 
+            self._say(f"computing features 0/{len(todo)}")
+            started = time.perf_counter()
             fresh = extract_batch(backbone, [images[i] for i in todo], resolution=self.resolution,
                                   layers=[self.layer], normed=self.normed, batch_size=self.batch_size,
                                   progress=step, sampling=self.sampling)
+            self.seconds["features"] += time.perf_counter() - started
             self.forward_passes += len(todo)
             for i, feats in zip(todo, fresh):
                 results[i] = feats[0]

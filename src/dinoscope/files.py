@@ -262,12 +262,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp = directory / temporary_name(target.name)
         # created like any new file (mode 0666 less the umask), unlike mkstemp's private 0600
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        mode = os.stat(tmp).st_mode & 0o777
     except OSError as exc:
         where = directory if isinstance(exc, FileExistsError) else target
         raise write_error(where, exc) from exc
     current = _current.get()
     try:
         yield tmp
+        os.chmod(tmp, mode)  # a writer that replaced the file (safetensors does) must not leave it private
         if current is not None:
             if target.is_dir():
                 raise IsADirectoryError(errno.EISDIR, "Is a directory", os.fspath(target))

@@ -131,7 +131,7 @@ class Resolution:
                     h2 -= p
             notice = (
                 f"{width}x{height} image would give {before} patches, above the budget of {self.max_tokens}; "
-                f"downscaled to {w2}x{h2} ({(w2 // p) * (h2 // p)} patches); raise it with --max-tokens"
+                f"downscaled to {w2}x{h2} ({(w2 // p) * (h2 // p)} patches); raise it with max_tokens="
             )
             w, h = w2, h2
         return (w, h), notice

@@ -72,7 +72,7 @@ def _check_size(size: tuple[int, int], label: str, max_pixels: int | None) -> No
     if max_pixels is not None and pixels > max_pixels:
         raise _error(
             f"{label} is {width}x{height} ({pixels:,} pixels), more than the limit of {max_pixels:,} pixels; "
-            "shrink it, or if you trust the file raise the limit with --max-pixels"
+            "shrink it, or if you trust the file raise the limit with max_pixels="
         )
 
 
@@ -84,12 +84,12 @@ def _bomb_error(label: str, exc: BaseException, max_pixels: int | None) -> Input
     if max_pixels is not None and (pixels is None or pixels > max_pixels):
         return _error(
             f"{label} is too large{count}, more than the limit of {max_pixels:,} pixels; "
-            "shrink it, or if you trust the file raise the limit with --max-pixels"
+            "shrink it, or if you trust the file raise the limit with max_pixels="
         )
     # The caller raised max_pixels above Pillow's own decompression-bomb limit.
     return _error(
         f"{label} is too large{count} for Pillow's decompression-bomb limit; if you trust the file "
-        "raise PIL.Image.MAX_IMAGE_PIXELS as well as --max-pixels"
+        "raise PIL.Image.MAX_IMAGE_PIXELS as well as max_pixels="
     )
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import views
+from . import names, views
 from .analyses import CLS, PCABasis, query_index
 from .analyses.arrays import as_array
 from .errors import InputError
@@ -140,14 +140,14 @@ class ExtractJob(Job):
 
 class NormsJob(Job):
     kind = "norms"
-    drawn = {"cmap": "inferno", "alpha": 0.0}
+    drawn = {"cmap": "inferno", "alpha": 0.0, "explained": False}
 
     def outputs(self, name: str) -> list[str]:
-        return [f"{name}_norms.png"]
+        return [names.norms_name(name)]
 
     def render(self, image, features) -> list:
         return [views.norms_view(features, image, cmap=self.option("cmap"), alpha=self.option("alpha"),
-                                 upsample=self.upsample)]
+                                 upsample=self.upsample, explained=self.option("explained"))]
 
 
 class PcaJob(Job):
@@ -155,13 +155,12 @@ class PcaJob(Job):
     (`fitted` keeps the last one, for --save-pca-basis)."""
 
     kind = "pca"
-    drawn = {"cmap": "viridis", "components": (0, 1, 2), "smooth": False, "foreground": False}
+    drawn = {"cmap": "viridis", "components": (0, 1, 2), "smooth": False, "foreground": False, "explained": False}
     needs_basis = True
     fitted = None
 
     def outputs(self, name: str) -> list[str]:
-        picked = self.option("components")
-        return [f"{name}_pca.png" if len(picked) == 3 else f"{name}_pca{picked[0] + 1}.png"]
+        return [names.pca_name(name, self.option("components"), self.option("foreground"))]
 
     def render(self, image, features) -> list:
         self.check_basis(features)
@@ -169,7 +168,7 @@ class PcaJob(Job):
             [features], self.n_components, foreground_only=self.option("foreground"))
         return [views.pca_view(features, self.fitted, components=list(self.option("components")),
                                cmap=self.option("cmap"), smooth=self.option("smooth"), upsample=self.upsample,
-                               guide=image)]
+                               guide=image, explained=self.option("explained"), image=image)]
 
 
 def _centre(features) -> int:
@@ -179,10 +178,10 @@ def _centre(features) -> int:
 
 class SimilarityJob(Job):
     kind = "similarity"
-    drawn = {"cmap": "turbo", "alpha": 0.55, "query": None}
+    drawn = {"cmap": "turbo", "alpha": 0.55, "query": None, "explained": False}
 
     def outputs(self, name: str) -> list[str]:
-        return [f"{name}_similarity.png"]
+        return [names.similarity_name(name, self.option("query"))]
 
     def recipe(self) -> dict:
         found = super().recipe()
@@ -194,23 +193,24 @@ class SimilarityJob(Job):
         query = _centre(features) if query is None else query
         query_index(features, query)
         return [views.similarity_view(features, query, image, cmap=self.option("cmap"), alpha=self.option("alpha"),
-                                      upsample=self.upsample)]
+                                      upsample=self.upsample, explained=self.option("explained"))]
 
 
 class AllJob(Job):
     kind = "all"
+    drawn = {"explained": False}
     needs_basis = True
 
     def outputs(self, name: str) -> list[str]:
-        return [f"{name}_norms.png", f"{name}_pca.png", f"{name}_similarity.png", f"{name}_similarity_cls.png"]
+        return names.all_names(name)
 
     def render(self, image, features) -> list:
         self.check_basis(features)
-        up = self.upsample
-        return [views.norms_view(features, image, upsample=up),
-                views.pca_view(features, self.basis, upsample=up, guide=image),
-                views.similarity_view(features, _centre(features), image, upsample=up),
-                views.similarity_view(features, CLS, image, upsample=up)]
+        up, told = self.upsample, self.option("explained")
+        return [views.norms_view(features, image, upsample=up, explained=told),
+                views.pca_view(features, self.basis, upsample=up, guide=image, explained=told, image=image),
+                views.similarity_view(features, _centre(features), image, upsample=up, explained=told),
+                views.similarity_view(features, CLS, image, upsample=up, explained=told)]
 
 
 JOBS = {job.kind: job for job in (ExtractJob, NormsJob, PcaJob, SimilarityJob, AllJob)}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import matplotlib
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from .errors import InputError
 
@@ -178,8 +178,6 @@ def label_random_weights(image: Image.Image, text: str = RANDOM_WEIGHTS_LABEL) -
     Same size as `image`, so layouts do not shift; the tag scales with the picture (about 1/20 of its
     shorter side) and covers only a corner.
     """
-    from PIL import ImageFont
-
     picture = image.convert("RGB")
     size = max(10, min(picture.size) // 20)
     font = ImageFont.load_default(size=size)
@@ -189,3 +187,127 @@ def label_random_weights(image: Image.Image, text: str = RANDOM_WEIGHTS_LABEL) -
     draw.rectangle((0, 0, right - left + 2 * pad, bottom - top + 2 * pad), fill=(200, 0, 0))
     draw.text((pad - left, pad - top), text, fill=(255, 255, 255), font=font)
     return picture
+
+
+# --------------------------------------------------------------------------- legends and captions
+# Pure helpers that make a map explain itself: a colour bar with its value range, a PCA legend,
+# a caption band, and the uncovered edge strip drawn as such. The CLI, collections and the explorer
+# compose them through views.explain.
+
+UNCOVERED_GREY = (150, 150, 150)
+UNCOVERED_LABEL = "not covered by any patch"
+INK = (0, 0, 0)
+
+
+def font(size: int) -> ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def text_size(size: int) -> int:
+    """A legible text size for a picture whose shorter side is `size` pixels."""
+    return int(np.clip(size // 28, 11, 22))
+
+
+def tick_labels(values) -> list[str]:
+    """The shortest labels (3 to 10 significant digits) that tell the ticks apart."""
+    for digits in range(3, 11):
+        labels = [f"{v:.{digits}g}" for v in values]
+        if len(set(labels)) == len(labels):
+            return labels
+    return labels
+
+
+def colorbar(cmap: str, vmin: float, vmax: float, height: int, *, bar_width: int = 16, label: str = "",
+             text: int = 12, steps: int = 5) -> Image.Image:
+    """A vertical colour bar (vmax at the top, vmin at the bottom) with `steps` value ticks and a title.
+
+    Row y of the bar (from its top, `bar_top` pixels down) shows the colormap at
+    vmax - (vmax - vmin) * y / (bar_height - 1), so the bar can be read like the map.
+    """
+    f = font(text)
+    pad = text // 2
+    title_h = text + pad if label else 0
+    bar_top = title_h + pad
+    bar_height = max(16, height - bar_top - pad)
+    ramp = np.linspace(vmax, vmin, bar_height)[:, None].repeat(bar_width, 1)
+    ticks = [vmin + (vmax - vmin) * i / (steps - 1) for i in range(steps)] if vmax > vmin else [vmin]
+    labels = tick_labels(ticks)
+    widest = max(f.getlength(t) for t in labels)
+    width = int(max(bar_width + 6 + widest, f.getlength(label) if label else 0)) + 2 * pad
+    canvas = Image.new("RGB", (width, bar_top + bar_height + pad), (255, 255, 255))
+    canvas.paste(Image.fromarray(colorize(ramp, cmap, vmin, vmax)), (pad, bar_top))
+    draw = ImageDraw.Draw(canvas)
+    if label:
+        draw.text((pad, pad // 2), label, fill=INK, font=f)
+    for t, text_label in zip(ticks, labels):
+        y = bar_top + (0 if vmax <= vmin else round((vmax - t) / (vmax - vmin) * (bar_height - 1)))
+        draw.line([(pad + bar_width, y), (pad + bar_width + 3, y)], fill=INK)
+        draw.text((pad + bar_width + 6, y), text_label, fill=INK, font=f, anchor="lm")
+    return canvas
+
+
+def colorbar_geometry(text: int = 12, label: str = "", bar_width: int = 16) -> tuple[int, int, int]:
+    """(x, y, width) of the colour ramp inside a `colorbar` drawn with these settings (for tests and readers)."""
+    pad = text // 2
+    return pad, (text + pad if label else 0) + pad, bar_width
+
+
+def pca_legend(components, height: int, *, text: int = 12) -> Image.Image:
+    """A small legend saying which principal components are drawn as red, green and blue."""
+    f = font(text)
+    pad = text // 2
+    lines = [(c, f"PC{i + 1}") for c, i in zip(("red", "green", "blue"), components)]
+    width = int(max(f.getlength("PCA colours"), text + pad + max(f.getlength(t) for _, t in lines))) + 2 * pad
+    canvas = Image.new("RGB", (width, max(height, (len(lines) + 1) * (text + pad) + 2 * pad)), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((pad, pad), "PCA colours", fill=INK, font=f)
+    for k, (colour, name) in enumerate(lines, start=1):
+        y = pad + k * (text + pad)
+        draw.rectangle([pad, y, pad + text, y + text], fill=colour)
+        draw.text((2 * pad + text, y + text // 2), name, fill=INK, font=f, anchor="lm")
+    return canvas
+
+
+def wrap(text: str, width: float, f, separator: str = " | ") -> list[str]:
+    """`text` split at `separator` into lines no wider than `width` where the parts allow."""
+    lines: list[str] = []
+    for part in text.split(separator):
+        if lines and f.getlength(lines[-1] + separator + part) <= width:
+            lines[-1] += separator + part
+        else:
+            lines.append(part)
+    return lines
+
+
+def caption_band(image: Image.Image, text: str, *, size: int = 12, background=(255, 255, 255)) -> Image.Image:
+    """`image` with its caption in a band below it (never over the picture), wrapped to the picture's width."""
+    image = image.convert("RGB")
+    pad = size // 2
+    f = font(size)
+    lines = wrap(text, image.width - 2 * pad, f)
+    line_height = size + size // 4
+    canvas = Image.new("RGB", (image.width, image.height + len(lines) * line_height + 2 * pad), background)
+    canvas.paste(image, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for k, line in enumerate(lines):
+        draw.text((pad, image.height + pad + k * line_height), line, fill=INK, font=f)
+    return canvas
+
+
+def mark_uncovered(image: Image.Image, geometry, *, color=UNCOVERED_GREY, spacing: int = 6) -> Image.Image:
+    """A copy of `image` (at the photo's size) with the right/bottom strip no whole patch covers hatched grey."""
+    out = image.convert("RGB").copy()
+    cw, ch = geometry.covered
+    w, h = out.size
+    if (cw, ch) == (w, h):
+        return out
+    draw = ImageDraw.Draw(out)
+    strips = [(cw, 0, w - 1, h - 1)] if cw < w else []
+    strips += [(0, ch, cw - 1, h - 1)] if ch < h else []
+    for x0, y0, x1, y1 in strips:
+        draw.rectangle([x0, y0, x1, y1], fill=(225, 225, 225))
+        for d in range(-(y1 - y0), x1 - x0 + 1, spacing):  # diagonal hatching clipped to the strip
+            a = (x0 + max(d, 0), y0 + max(-d, 0))
+            length = min(x1 - a[0], y1 - a[1])
+            draw.line([a, (a[0] + length, a[1] + length)], fill=color)
+    return out

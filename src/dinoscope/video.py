@@ -69,9 +69,9 @@ def probe(path) -> VideoInfo:
 def iter_frames(path, *, stride: int = 1, max_frames: int | None = None) -> Iterator:
     """RGB PIL frames: every `stride`-th frame from the first, at most `max_frames` of them."""
     if stride < 1:
-        raise InputError(f"--stride must be at least 1, got {stride}")
+        raise InputError(f"stride= must be at least 1, got {stride}")
     if max_frames is not None and max_frames < 1:
-        raise InputError(f"--max-frames must be at least 1, got {max_frames}")
+        raise InputError(f"max_frames= must be at least 1, got {max_frames}")
     taken = decoded = 0
     with _open(path) as container:
         stream = container.streams.video[0]

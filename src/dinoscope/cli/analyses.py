@@ -13,12 +13,13 @@ from ..errors import InputError
 from ..files import after_writes
 from . import options as o
 from .collections import is_collection, run as run_collection, run_one
-from .options import (BASIS, COLLECTION, EXTRACTION, INPUT, MODEL, VIEW, CellOpt, CmapOpt, ImageArg, InputsArg,
-                      MaxLinesOpt, MethodOpt, Options, PatchOpt, PixelOpt, SeedOpt, TopKOpt, shared)
-from .output import check_file_target, check_pairs_path, save, stem, write_pairs, wrote
+from .options import (BASIS, COLLECTION, EXTRACTION, INPUT, MODEL, PICTURE, VIEW, CellOpt, CmapOpt, ImageArg,
+                      InputsArg, MaxLinesOpt, MethodOpt, Options, PatchOpt, PixelOpt, SeedOpt, TopKOpt, shared)
+from .. import names
+from .output import announce, check_file_target, check_pairs_path, save, stem, write_pairs
 
 
-@shared(*EXTRACTION, *VIEW, *COLLECTION)
+@shared(*EXTRACTION, *VIEW, *PICTURE, *COLLECTION)
 def norms(
     images: InputsArg = None, cmap: CmapOpt = "inferno",
     alpha: Annotated[float, typer.Option(help="Blend the map over the photo with this opacity (0 = map only).")] = 0.0,
@@ -27,11 +28,11 @@ def norms(
     """Feature-norm map: the L2 norm of every patch token, min-max scaled."""
     o.fraction(alpha, "--alpha")
     if is_collection(images):
-        return run_collection("norms", images, dict(cmap=cmap, alpha=alpha), opts)
-    run_one("norms", images, dict(cmap=cmap, alpha=alpha), opts)
+        return run_collection("norms", images, dict(cmap=cmap, alpha=alpha, explained=not opts.bare), opts)
+    run_one("norms", images, dict(cmap=cmap, alpha=alpha, explained=not opts.bare), opts)
 
 
-@shared(*EXTRACTION, *VIEW, *BASIS, *COLLECTION)
+@shared(*EXTRACTION, *VIEW, *BASIS, *PICTURE, *COLLECTION)
 def pca(
     images: InputsArg = None, cmap: CmapOpt = "viridis",
     components: Annotated[str, typer.Option(help="Three components for RGB (e.g. 1,2,3) or one for a single map.")] = "1,2,3",
@@ -50,15 +51,16 @@ def pca(
         if foreground:
             raise InputError("--foreground is not available for collections yet; fit on one image with --save-basis "
                              "and apply it with --pca-basis")
-        return run_collection("pca", images, dict(cmap=cmap, components=picked, smooth=smooth), opts)
+        return run_collection("pca", images, dict(cmap=cmap, components=picked, smooth=smooth,
+                                                  explained=not opts.bare), opts)
     job = run_one("pca", images, dict(cmap=cmap, components=picked, smooth=smooth, foreground=foreground,
-                                      basis_file=opts.basis), opts)
+                                      basis_file=opts.basis, explained=not opts.bare), opts)
     if opts.save_basis is not None:
         job.fitted.save(opts.save_basis)
-        wrote(opts.save_basis)
+        announce(opts.save_basis)
 
 
-@shared(*EXTRACTION, *VIEW, *COLLECTION)
+@shared(*EXTRACTION, *VIEW, *PICTURE, *COLLECTION)
 def similarity(
     images: InputsArg = None, cmap: CmapOpt = "turbo",
     patch: PatchOpt = None, cell: CellOpt = None, pixel: PixelOpt = None,
@@ -79,27 +81,29 @@ def similarity(
     if is_collection(images):
         if target is not None:
             raise InputError("--target is for one image; a collection takes the query from each image itself")
-        return run_collection("similarity", images, dict(cmap=cmap, alpha=alpha, query=query), opts)
+        return run_collection("similarity", images, dict(cmap=cmap, alpha=alpha, query=query,
+                                                         explained=not opts.bare), opts)
     if target is None:
-        run_one("similarity", images, dict(cmap=cmap, alpha=alpha, query=query), opts)
+        run_one("similarity", images, dict(cmap=cmap, alpha=alpha, query=query, explained=not opts.bare), opts)
         return
     image = images[0] if images else None
     extractor = o.reader(opts)
     img, feats = extractor(image or o.DEFAULT_SAMPLE)
+    name = names.similarity_name(stem(image), query, stem(target))
     if query is None:
         query = feats.geometry.index(feats.geometry.rows // 2, feats.geometry.cols // 2)
     query_index(feats, query)  # out-of-range queries fail before any second forward pass
     timg, tfeats = extractor(target)
     picture = similarity_view(tfeats, query, timg, query_features=feats, query_image=img, cmap=cmap, alpha=alpha,
-                              upsample=o.upsampling(opts))
-    save(picture, opts.out, f"{stem(image)}_to_{stem(target)}_similarity.png")
+                              upsample=o.upsampling(opts), explained=not opts.bare)
+    save(picture, opts.out, name)
 
 
-@shared(*EXTRACTION)
+@shared(*EXTRACTION, *PICTURE)
 def match(
     image_a: Annotated[str, typer.Argument(help="First image.")],
     image_b: Annotated[str, typer.Argument(help="Second image.")],
-    cmap: CmapOpt = "viridis", method: MethodOpt = "hungarian", top_k: TopKOpt = 0, max_lines: MaxLinesOpt = 800,
+    cmap: CmapOpt = "viridis", method: MethodOpt = "hungarian", top_k: TopKOpt = 50, max_lines: MaxLinesOpt = 800,
     seed: SeedOpt = 0,
     pairs: Annotated[Optional[Path], typer.Option(help="Also write the pairs to this .csv or .json file.")] = None,
     *, opts: Options,
@@ -111,34 +115,36 @@ def match(
     check_matching(top_k, max_lines, seed)
     (img_a, fa), (img_b, fb) = o.extractor(opts).extract_many([image_a, image_b])  # same-size pairs share one pass
     picture, matches = matches_view(fa, fb, img_a, img_b, method=method, top_k=top_k, max_lines=max_lines, seed=seed,
-                                    cmap=cmap)
-    save(picture, opts.out, f"{stem(image_a)}_{stem(image_b)}_matches.png")
+                                    cmap=cmap, explained=not opts.bare)
+    save(picture, opts.out, names.matches_name(stem(image_a), stem(image_b), method))
     if pairs is not None:
         write_pairs(matches, pairs)
 
 
-# With no image, `all` draws these and matches them pairwise.
+# With no image, `all` draws these and matches each with the next (chelsea-coffee, coffee-astronaut).
 DEMO_SOURCES = ["sample:chelsea", "sample:coffee", "sample:astronaut"]
 
 
-@shared(*EXTRACTION, *VIEW, *BASIS, *COLLECTION)
+@shared(*EXTRACTION, *VIEW, *BASIS, *PICTURE, *COLLECTION)
 def run_all(
     context: typer.Context,
     images: InputsArg = None,
     match_with: Annotated[Optional[str], typer.Option("--match", help="Also match against this second image.")] = None,
-    method: MethodOpt = "hungarian", top_k: TopKOpt = 0, max_lines: MaxLinesOpt = 800, seed: SeedOpt = 0,
+    method: MethodOpt = "hungarian", top_k: TopKOpt = 50, max_lines: MaxLinesOpt = 800, seed: SeedOpt = 0,
     *, opts: Options,
 ):
     """Every analysis from one forward pass per image.
 
-    With no image, runs on the bundled sample photos and matches them pairwise. A collection gets
-    norms, PCA (one basis for all), similarity to the centre patch and to CLS for every input.
+    With no image, runs on the bundled sample photos (chelsea, coffee, astronaut) and matches each
+    with the next one (chelsea-coffee, coffee-astronaut); with --match, the image is matched against
+    that second image. A collection gets norms, PCA (one basis for all), similarity to the centre
+    patch and to CLS for every input, and no matching.
     """
     check_matching(top_k, max_lines, seed)
     if is_collection(images):
         if match_with is not None:
             raise InputError("--match is for one image; use `dinoscope match` for pairs")
-        return run_collection("all", images, {}, opts)
+        return run_collection("all", images, dict(explained=not opts.bare), opts)
     image = images[0] if images else None
     if opts.basis is not None or opts.save_basis is not None:
         raise InputError("--pca-basis and --save-pca-basis on `all` are for collections; use `dinoscope pca` for one image")
@@ -154,17 +160,17 @@ def run_all(
     seen = dict(zip(wanted, read.extract_many(wanted)))  # one batched pass per input size
     from ..jobs import Job
 
-    job = Job("all", {"upsample": upsample})  # each image's own PCA basis
+    job = Job("all", {"upsample": upsample, "explained": not opts.bare})  # each image's own PCA basis
     for source in sources:
         for rel in job.write(opts.out, stem(source), *seen[source]):
-            wrote(opts.out / rel)
+            announce(opts.out / rel)
     if match_with:
         pairs = [(source, match_with) for source in sources if source != match_with]
     else:
         pairs = list(zip(sources, sources[1:])) if image is None else []  # the samples, pairwise
     for a, b in pairs:
-        _draw_matches(seen[a], seen[b], f"{stem(a)}_{stem(b)}_matches.png", opts.out,
-                      method=method, top_k=top_k, max_lines=max_lines, seed=seed)
+        _draw_matches(seen[a], seen[b], names.matches_name(stem(a), stem(b), method), opts.out,
+                      method=method, top_k=top_k, max_lines=max_lines, seed=seed, explained=not opts.bare)
     after_writes(lambda: typer.echo(f"pictures are in {opts.out.resolve()}"))
 
 

@@ -13,8 +13,8 @@ import sys
 import typer
 
 from ..errors import redact
-from . import analyses, collections, explorer, insights
-from .errors import INTERRUPTED, run_guarded, say
+from . import analyses, collections, explorer, insights, output
+from .errors import INTERRUPTED, as_flags, run_guarded, say
 
 app = typer.Typer(
     name="dinoscope",
@@ -38,9 +38,11 @@ for command in (insights.segments, insights.search, insights.atlas, insights.pro
     app.command()(command)
 
 
-class _RedactingFormatter(logging.Formatter):
+class _NoticeFormatter(logging.Formatter):
+    """Notices name API parameters, read as flags on the command line; credentials in URLs never show."""
+
     def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
+        return as_flags(redact(super().format(record)))
 
 
 @contextlib.contextmanager
@@ -49,7 +51,7 @@ def _notices_on_stderr():
     logger = logging.getLogger("dinoscope")
     saved = logger.handlers[:], logger.level, logger.propagate
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_RedactingFormatter("dinoscope: %(message)s"))
+    handler.setFormatter(_NoticeFormatter("dinoscope: %(message)s"))
     logger.handlers[:] = [handler]
     logger.setLevel(logging.INFO)
     logger.propagate = False
@@ -62,9 +64,14 @@ def _notices_on_stderr():
 def _invoke(args: list[str]) -> int:
     """Run the command line; click's own outcomes (help, usage errors, exits) become exit codes here."""
     command = typer.main.get_command(app)
+    output.RUN = output.RunRecord()
     try:
         with _notices_on_stderr():
             code = command.main(args=args, prog_name="dinoscope", standalone_mode=False)
+        output.RUN.status.clear()
+        summary = output.RUN.summary()
+        if summary:
+            print(f"dinoscope: {summary}", file=sys.stderr)
     except Exception as exc:
         # typer vendors click in recent releases, so its exceptions are recognised by shape, not class
         name = type(exc).__name__

@@ -14,7 +14,7 @@ from ..files import after_writes
 from . import options as o
 from .options import BASIS, CACHE, COLLECTION, EXTRACTION, MODEL, VIEW, Options, shared
 from .errors import say
-from .output import PhaseBars, stem, wrote
+from .output import PhaseBars, announce, stem
 
 MAX_FAILURES_SHOWN = 20
 
@@ -42,6 +42,7 @@ def run(kind: str, images: list[str], job_options: dict, opts: Options) -> int:
 
         job.basis = PCABasis.load(opts.basis)
     extractor = o.extractor(opts)
+    extractor.status = None  # the collection's progress bars say what is under way
     bars = PhaseBars(opts.progress)
     try:
         if engine == "ray":
@@ -74,7 +75,7 @@ def run_one(kind: str, images: list[str] | None, job_options: dict, opts: Option
     basis = PCABasis.load(opts.basis) if opts.basis is not None and kind in ("pca", "all") else None
     job = Job(kind, with_upsampling(job_options, opts), basis=basis)
     for path in run_single(image or o.DEFAULT_SAMPLE, stem(image), o.reader(opts), job, opts.out):
-        wrote(path)
+        announce(path)
     return job
 
 
@@ -100,7 +101,8 @@ def extract(
              "(see `dinoscope pca --help`).")],
     *, opts: Options,
 ):
-    """Write each image's tokens to OUT/<name>.safetensors (keys cls, registers, patches; geometry in the metadata).
+    """Write each image's tokens to OUT/<name>.safetensors (keys cls, registers, patches; geometry in the metadata);
+    with one image, `-o FILE.safetensors` writes that file.
 
     Images of the same input size are batched; throughput is reported at the end. Several images, a
     folder, a glob or @LIST.txt also write OUT/manifest.jsonl; with --engine ray the features are
@@ -113,8 +115,11 @@ def extract(
         return run("extract", images, {}, opts)
     extractor = o.extractor(opts)
     started = time.perf_counter()
-    for path in run_single(images[0], stem(images[0]), extractor, Job("extract"), opts.out):  # several: a collection
-        wrote(path)
+    # one image (several make a collection); -o FILE.safetensors names the file itself
+    to_file = opts.out.suffix.lower() == ".safetensors" and not opts.out.is_dir()
+    out, name = (opts.out.parent, opts.out.stem) if to_file else (opts.out, stem(images[0]))
+    for path in run_single(images[0], name, extractor, Job("extract"), out):
+        announce(path)
     elapsed = time.perf_counter() - started
     hits = extractor.cache.hits if extractor.cache is not None else 0
     after_writes(lambda: typer.echo(f"extracted {len(images)} image(s) into {opts.out} in {elapsed:.2f} s: "
@@ -137,7 +142,7 @@ def video(
     """PCA colours beside every frame (one basis for the whole clip) and a query point from the first frame
     followed through the clip; writes OUT/<name>_pca.mp4/.gif and OUT/<name>_similarity.mp4/.gif.
 
-    Needs PyAV: pip install "dinoscope[video]". Without a query, the centre patch is used.
+    Needs PyAV: pip install "dinoscope\\[video]". Without a query, the centre patch is used.
     """
     from ..video import require_av, run_video
 
@@ -160,7 +165,7 @@ def video(
     finally:
         bars.close()
     for path in result.outputs:
-        wrote(path)
+        announce(path)
     if result.basis_path:
         typer.echo(f"PCA basis: {result.basis_path}")
     typer.echo(f"{result.frames} frame(s) of {result.size[0]}x{result.size[1]} at {result.fps:.2f} fps")

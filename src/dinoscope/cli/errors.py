@@ -7,6 +7,7 @@ internal error, exit code 1; a traceback only with --debug.
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Callable
 
@@ -14,6 +15,14 @@ from ..errors import DinoscopeError, redact
 from ..files import sigterm_as_interrupt
 
 USAGE, INTERRUPTED, INTERNAL = 2, 130, 1
+
+# Library messages name API parameters (device='cpu', max_tokens=); on the command line they are flags.
+_PARAMETER = re.compile(r"\b(model|device|dtype|max_tokens|max_pixels|stride|max_frames)=(?:'([^']*)')?")
+
+
+def as_flags(message: str) -> str:
+    """`message` with the API's parameter names written as the CLI's flags (max_tokens= -> --max-tokens)."""
+    return _PARAMETER.sub(lambda m: f"--{m[1].replace('_', '-')}" + (f" {m[2]}" if m[2] is not None else ""), message)
 
 
 def say(line: str, prog: str | None) -> None:
@@ -29,7 +38,7 @@ def exit_code(exc: BaseException, *, debug: bool, prog: str | None) -> int:
     if debug:
         raise exc
     if isinstance(exc, DinoscopeError):
-        say(f"error: {exc}", prog)
+        say(f"error: {as_flags(str(exc))}", prog)
         return USAGE
     say(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", prog)
     return INTERNAL

@@ -35,7 +35,7 @@ def ui(
 ):
     """Interactive explorer in the browser: click a patch and see its similarity map, PCA, norms, attention, matches.
 
-    Needs the ui extra: pip install 'dinoscope[ui]'.
+    Needs the ui extra: pip install 'dinoscope\\[ui]'.
     """
     if not 0 <= port <= 65535:
         raise InputError(f"--port must be between 0 and 65535, not {port}")

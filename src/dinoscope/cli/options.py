@@ -35,7 +35,7 @@ PatchOpt = Annotated[Optional[int], typer.Option(help="Query patch index (row-ma
 CellOpt = Annotated[Optional[str], typer.Option(help="Query patch as ROW,COL.")]
 PixelOpt = Annotated[Optional[str], typer.Option(help="Query point as X,Y in original-image pixels.")]
 MethodOpt = Annotated[str, typer.Option(help="hungarian (exact one-to-one) or mnn (mutual nearest neighbours).")]
-TopKOpt = Annotated[int, typer.Option("--top-k", help="Draw only the K best pairs (0 = use --max-lines).")]
+TopKOpt = Annotated[int, typer.Option("--top-k", help="Draw only the K best pairs (0 = a random sample of --max-lines).")]
 MaxLinesOpt = Annotated[int, typer.Option("--max-lines", help="Draw at most this many pairs, sampled at random.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed of the line sampling.")]
 
@@ -66,6 +66,7 @@ class Options:
     engine: str = "local"
     batch_size: int = 8
     debug: bool = False
+    bare: bool = False
 
 
 # The flag and help of each field of Options.
@@ -107,13 +108,16 @@ FLAGS = dict(
         "--resume", help="Collections: skip inputs whose outputs are complete and recorded as ok in "
                          "OUT/manifest.jsonl.")],
     progress=Annotated[Optional[bool], typer.Option(
-        "--progress/--no-progress", help="Collections: show a progress bar (images/s) on stderr (default: when "
+        "--progress/--no-progress", help="Show a status line (model load, forward passes; for collections a "
+                                         "progress bar in images/s) and a closing summary on stderr (default: when "
                                          "stderr is a terminal).", show_default=False)],
     engine=Annotated[str, typer.Option(
         "--engine", help="Collections: local (this process) or ray (Ray Data; RAY_ADDRESS picks a cluster, else a "
-                         "local one is started). Needs pip install \"dinoscope[ray]\".")],
+                         "local one is started). Needs pip install \"dinoscope\\[ray]\".")],
     batch_size=Annotated[int, typer.Option("--batch-size", "-b", help="Images of one input size per forward pass.")],
     debug=Annotated[bool, typer.Option("--debug", help="Show tracebacks.")],
+    bare=Annotated[bool, typer.Option("--bare", help="Write the bare map at the photo's size (no colour bar, caption "
+                                                     "or photo beside it), for composing your own figures.")],
 )
 assert set(FLAGS) == {f.name for f in fields(Options)}
 
@@ -126,6 +130,7 @@ CACHE = ("no_cache", "cache_dir")
 EXTRACTION = MODEL + INPUT + READ + CACHE + ("out",)
 BASIS = ("basis", "save_basis")
 COLLECTION = ("resume", "progress", "engine", "batch_size")
+PICTURE = ("bare",)
 _DEFAULTS = Options()
 
 
@@ -229,10 +234,11 @@ def check(opts: Options, names=None) -> None:
     if "batch_size" in names:
         check_batch_size(opts)
     if "device" in names:
-        from ..models.loading import resolve_device, resolve_dtype
+        from ..models.loading import dtype_name, resolve_device
 
-        resolve_device(opts.device)
-        resolve_dtype(opts.dtype)
+        if str(opts.device).lower() not in ("auto", "cpu"):  # these always resolve: a cached rerun stays torch-free
+            resolve_device(opts.device)
+        dtype_name(opts.dtype)
 
 
 def at_least(value, low, flag: str) -> None:
@@ -278,9 +284,13 @@ def extractor(opts: Options):
     resolve_device(opts.device)
     resolve_dtype(opts.dtype)
     off = opts.no_cache or (opts.cache_dir is None and cache_disabled_by_env())
-    return Extractor(opts.model, device=opts.device, dtype=opts.dtype, resolution=policy, layer=opts.layer,
+    from .output import RUN
+
+    made = Extractor(opts.model, device=opts.device, dtype=opts.dtype, resolution=policy, layer=opts.layer,
                      normed=not opts.prenorm, max_pixels=opts.max_pixels, cache=None if off else FeatureCache(opts.cache_dir),
                      batch_size=opts.batch_size, density=opts.density, tiles=opts.tiles)
+    RUN.watch(made, opts.progress)
+    return made
 
 
 def reader(opts: Options):

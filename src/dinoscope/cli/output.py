@@ -17,15 +17,68 @@ def stem(source: str | None) -> str:
     return "chelsea" if source is None else output_stem(source)
 
 
-def save(picture, out: Path, name: str) -> Path:
-    path = save_image(picture, out / name)
-    wrote(path)
+class StatusLine:
+    """One line on stderr, rewritten in place, saying what long work is under way (model load, forward
+    passes); shown when stderr is a terminal, or when asked (--progress), never otherwise."""
+
+    def __init__(self, enabled: bool | None = None):
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.width = 0
+
+    def __call__(self, text: str) -> None:
+        if self.enabled:
+            line = f"dinoscope: {text}"
+            print("\r" + line.ljust(self.width), end="", file=sys.stderr, flush=True)
+            self.width = len(line)
+
+    def clear(self) -> None:
+        if self.width:
+            print("\r" + " " * self.width + "\r", end="", file=sys.stderr, flush=True)
+            self.width = 0
+
+
+class RunRecord:
+    """What one command did, for the closing summary line: pictures written, time in the model and passes."""
+
+    def __init__(self):
+        self.pictures, self.out, self.extractors, self.status = 0, None, [], StatusLine(False)
+
+    def watch(self, extractor, enabled: bool | None) -> None:
+        self.status = StatusLine(enabled)
+        extractor.status = self.status
+        self.extractors.append(extractor)
+
+    def summary(self) -> str | None:
+        if not self.status.enabled or not self.pictures:
+            return None
+        model = sum(e.seconds["model"] for e in self.extractors)
+        features = sum(e.seconds["features"] for e in self.extractors)
+        noun = "picture" if self.pictures == 1 else "pictures"
+        return f"{self.pictures} {noun} in {self.out}/ (model {model:.1f} s, features {features:.1f} s)"
+
+
+RUN = RunRecord()  # reset by the CLI root before each command
+
+
+def announce(path: Path) -> Path:
+    """Say "wrote PATH" once the file is really there (after the run's outputs are committed), counting
+    pictures for the closing summary."""
+    path = Path(path)
+
+    def say() -> None:
+        RUN.status.clear()
+        if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"):
+            RUN.pictures += 1
+            RUN.out = RUN.out or path.parent
+        typer.echo(f"wrote {path}")
+
+    after_writes(say)
     return path
 
 
-def wrote(path) -> None:
-    """Say "wrote PATH" once the file is really there (after the run's outputs are committed)."""
-    after_writes(lambda: typer.echo(f"wrote {path}"))
+def save(picture, out: Path, name: str) -> Path:
+    RUN.out = out
+    return announce(save_image(picture, out / name))
 
 
 def check_pairs_path(path: Path | None) -> None:
@@ -43,7 +96,7 @@ def check_file_target(path: Path | None) -> None:
 def write_pairs(matches, path: Path) -> None:
     check_pairs_path(path)
     write_text(matches.to_csv() if path.suffix.lower() == ".csv" else matches.to_json(), path)
-    wrote(path)
+    announce(path)
 
 
 class PhaseBars:

@@ -17,6 +17,7 @@ from . import limits, timm_config
 from .registry import DEFAULT_MODEL, IMAGENET_MEAN, IMAGENET_STD, MODELS, SAT_MEAN, SAT_STD, lookup
 
 DEMO_RANDOM_MODEL = "random:vitb16"
+RANDOM_REVISION = "random-seed0"  # random_model always seeds 0
 HUB_PREFIX = "hf-hub:"
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16"}
 log = logging.getLogger("dinoscope")
@@ -92,12 +93,12 @@ def resolve_device(device: str | None = "auto"):
     if dev.type not in ("cpu", "cuda", "mps"):
         raise ModelError(f"device {device!r} is not offered; use auto, cpu, cuda, cuda:N or mps")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"device {device!r} asked for but CUDA is not available here; use --device cpu or auto")
+        raise ModelError(f"device {device!r} asked for but CUDA is not available here; use device='cpu' or device='auto'")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ModelError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} CUDA "
                          f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ModelError(f"device {device!r} asked for but MPS is not available here; use --device cpu or auto")
+        raise ModelError(f"device {device!r} asked for but MPS is not available here; use device='cpu' or device='auto'")
     return dev
 
 
@@ -111,7 +112,7 @@ def dtype_name(dtype) -> str:
     """"float32" or "bfloat16" for a dtype name or torch dtype, without importing torch (cache keys need it)."""
     name = str(dtype or "float32").lower().removeprefix("torch.")
     if name in ("float16", "fp16", "half"):
-        raise ModelError("float16 is not offered: DINOv3 overflows in fp16; use --dtype bfloat16 or float32")
+        raise ModelError("float16 is not offered: DINOv3 overflows in fp16; use dtype='bfloat16' or dtype='float32'")
     if name not in DTYPES:
         raise ModelError(f"unknown dtype {dtype!r}; use float32 or bfloat16")
     return DTYPES[name]
@@ -142,7 +143,7 @@ def load_model(source: str | os.PathLike = DEFAULT_MODEL, *, device: str | None 
         name = text[len("random:"):]
         if check_memory and lookup(name) is not None:
             _check_memory(lookup(name).params, "float32", dev, text)  # built in float32 before any cast
-        module, revision = random_model(name), "random-seed0"
+        module, revision = random_model(name), RANDOM_REVISION
     elif path.is_dir():
         _check_folder_limits(path, dtype_name, dev, text, check_memory)
         if check_memory:
@@ -355,9 +356,46 @@ def _count_file(path: Path) -> int | None:
         return None
 
 
+FINGERPRINT_BLOCK = 1 << 16
+
+
 def _fingerprint_file(path: Path) -> str:
+    """Identify a weights file cheaply: name, size, modification time and a hash of its first and last 64 KiB
+    (a safetensors header, or a zip's directory at the end of a .pth, sits there)."""
     st = path.stat()
-    return "file-" + hashlib.sha256(f"{path.name}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    h = hashlib.sha256(f"{path.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    with path.open("rb") as f:
+        h.update(f.read(FINGERPRINT_BLOCK))
+        f.seek(max(0, st.st_size - FINGERPRINT_BLOCK))
+        h.update(f.read(FINGERPRINT_BLOCK))
+    return "file-" + h.hexdigest()[:16]
+
+
+def _file_patch_size(path: Path) -> int | None:
+    """The patch size of a single weights file from its tensor shapes, without reading the weights
+    (the safetensors header, or a memory-mapped .pth); None when it cannot be told."""
+    try:
+        if path.suffix.lower() == ".safetensors":
+            with path.open("rb") as f:
+                header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+            shapes = {k: v.get("shape") for k, v in header.items() if isinstance(v, dict)}
+        else:
+            import torch  # deferred: identifying hub and folder models stays torch-free
+
+            state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            state = state.get("model", state.get("state_dict", state)) if isinstance(state, dict) else {}
+            shapes = {k: list(v.shape) for k, v in state.items() if hasattr(v, "shape")}
+    except Exception:  # noqa: BLE001 - unreadable here: loading the model says what is wrong
+        return None
+    for key, shape in shapes.items():
+        if key.endswith(("patch_embed.proj.weight", "patch_embeddings.weight")) and shape and len(shape) == 4:
+            return int(shape[-1])
+    return None
+
+
+def _random_patch_size(name: str) -> int | None:
+    spec = lookup(name)
+    return spec.patch_size if spec is not None and spec.family == "dinov3-vit" else None
 
 
 def _load_file(path: Path, torch_dtype):
@@ -407,7 +445,9 @@ def describe(module, *, source: str, revision: str, folder: Path | None = None) 
 def identify(source: str | os.PathLike) -> tuple[str, int] | None:
     """(weights revision, patch size) of a model without loading it or touching the network.
 
-    A local folder gives the fingerprint `load_model` records; a hub id gives the commit
+    A `random:` model is known by its name (always seed 0); a single weights file by a cheap
+    fingerprint (size, time, head and tail blocks) and the patch size in its tensor shapes;
+    a local folder gives the fingerprint `load_model` records; a hub id gives the commit
     of the snapshot already in the local Hugging Face cache (the one an offline load
     would use). None when this cannot be known cheaply (not downloaded yet, unreadable
     config): the caller then loads the model and takes the revision from it.
@@ -416,6 +456,12 @@ def identify(source: str | os.PathLike) -> tuple[str, int] | None:
     text = text[len(HUB_PREFIX):] if text.startswith(HUB_PREFIX) else text
     path = Path(text).expanduser()
     try:
+        if text.startswith("random:"):  # built from the registry with seed 0: the name says it all
+            patch = _random_patch_size(text[len("random:"):])
+            return (RANDOM_REVISION, patch) if patch else None
+        if path.is_file():
+            patch = _file_patch_size(path)
+            return (_fingerprint_file(path), patch) if patch else None
         if path.is_dir():
             folder, revision = path, _fingerprint(path)
         elif not path.exists() and _looks_like_hub_id(text):
@@ -457,6 +503,24 @@ def _fingerprint(folder: Path) -> str:
     return "local-" + h.hexdigest()[:16]
 
 
+DINOV3_LICENCE = "https://ai.meta.com/resources/models-and-libraries/dinov3-license/"
+
+
+def _is_cached(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # noqa: BLE001 - an odd cache only costs the licence notice a repeat
+        return False
+
+
+def _licence_notice(repo_id: str) -> None:
+    """Say once, when DINOv3 weights have just been downloaded, which licence they come under."""
+    if "dinov3" in repo_id.lower():
+        log.info("downloaded %s: Meta's DINOv3 weights, under the DINOv3 License (%s)", repo_id, DINOV3_LICENCE)
+
+
 def _download(repo_id: str) -> tuple[Path, str]:
     """Find (or download) a hub snapshot, turning every hub failure into a message that says what to do."""
     from huggingface_hub import snapshot_download
@@ -465,7 +529,8 @@ def _download(repo_id: str) -> tuple[Path, str]:
     from .registry import closest
 
     page = f"https://huggingface.co/{repo_id}"
-    alternatives = "or pass --model a local folder (save_pretrained layout) or an official checkpoint file"
+    alternatives = "or pass model= a local folder (save_pretrained layout) or an official checkpoint file"
+    first_time = not _is_cached(repo_id)
     try:
         folder = snapshot_download(
             repo_id,
@@ -509,6 +574,8 @@ def _download(repo_id: str) -> tuple[Path, str]:
         raise WeightsUnavailable(
             f"the cached snapshot of {repo_id} has no weights file (an interrupted download?) and the hub did not "
             f"complete it; connect and run again, {alternatives}", "is only partly cached")
+    if first_time:
+        _licence_notice(repo_id)
     return folder, folder.name
 
 
