@@ -222,10 +222,11 @@ def check(opts: Options, names=None) -> None:
     if "batch_size" in names:
         check_batch_size(opts)
     if "device" in names:
-        from ..models.loading import resolve_device, resolve_dtype
+        from ..models.loading import dtype_name, resolve_device
 
-        resolve_device(opts.device)
-        resolve_dtype(opts.dtype)
+        if (opts.device or "auto").lower() not in ("auto", "cpu"):  # those always exist: no torch import needed
+            resolve_device(opts.device)  # (a cached rerun stays torch-free)
+        dtype_name(opts.dtype)
 
 
 def at_least(value, low, flag: str) -> None:
