@@ -1,7 +1,6 @@
 """Every CLI command against a table of awkward and hostile inputs: exit code, one line, no traceback,
 no stray files. Runs main() in-process (the same code path as the command) to keep it fast."""
 
-import io
 import os
 from pathlib import Path
 

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import cli_env
+from helpers import run_cli
 
 from dinoscope.features import Extractor, Features, extract_batch
 from dinoscope.geometry import Geometry, Resolution
-
-SRC = str(Path(__file__).resolve().parents[1] / "src")
-
 
 def test_extract_many_batches_same_sizes_and_keeps_order(tiny_backbone, monkeypatch):
     import dinoscope.features as features_module
@@ -54,10 +48,8 @@ def test_extract_batch_progress_counts_images(tiny_backbone):
 
 def test_cli_extract_many_images(tiny_model_dir, tmp_path):
     out = tmp_path / "feats"
-    r = subprocess.run([sys.executable, "-m", "dinoscope", "extract", "sample:chelsea", "sample:coffee",
-                        "sample:chelsea", "-m", str(tiny_model_dir), "-o", str(out), "--no-cache", "-b", "2",
-                        "--progress"],
-                       capture_output=True, text=True, timeout=600, env=cli_env(PYTHONPATH=SRC))
+    r = run_cli("extract", "sample:chelsea", "sample:coffee", "sample:chelsea", "-m", tiny_model_dir, "-o", out,
+                "--no-cache", "-b", "2", "--progress")
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in out.iterdir()) == ["chelsea.safetensors", "chelsea_2.safetensors",
                                                       "coffee.safetensors", "manifest.jsonl"]  # several: a collection
@@ -65,8 +57,7 @@ def test_cli_extract_many_images(tiny_model_dir, tmp_path):
     assert "3/3" in r.stderr  # the progress bar reached the end
     a, b = Features.load(out / "chelsea.safetensors"), Features.load(out / "chelsea_2.safetensors")
     assert torch.equal(a.patches, b.patches) and a.geometry.grid == (18, 28)
-    r = subprocess.run([sys.executable, "-m", "dinoscope", "extract", "sample:chelsea", "-b", "0"],
-                       capture_output=True, text=True, timeout=600, env=cli_env(PYTHONPATH=SRC))
+    r = run_cli("extract", "sample:chelsea", "-b", "0")
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--batch-size" in r.stderr
 
 

@@ -1,8 +1,6 @@
 """The CLI as a user runs it: subprocesses, files, sizes, modes, exit codes, messages."""
 
 import struct
-import subprocess
-import sys
 import threading
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -11,16 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import cli_env
-
-SRC = Path(__file__).resolve().parents[1] / "src"
-
-
-def run(*args, hf_home=None, cwd=None, timeout=300):
-    env = cli_env(hf_home, PYTHONPATH=str(SRC))
-    return subprocess.run([sys.executable, "-m", "dinoscope", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=timeout)
-
+from helpers import run_cli
 
 class InProcess:
     """The CLI's main() called in this process: same code path as the command, without the start-up cost."""
@@ -52,7 +41,7 @@ def assert_clean_failure(result, *words):
 
 
 def test_help_is_fast_and_lists_commands():
-    result = run("--help")
+    result = run_cli("--help")
     assert result.returncode == 0
     for command in ("norms", "pca", "similarity", "match", "all", "extract"):
         assert command in result.stdout
@@ -60,7 +49,7 @@ def test_help_is_fast_and_lists_commands():
 
 def test_default_model_from_the_offline_cache(hf_home, tmp_path):
     """`dinoscope all` with no arguments: the real default id, resolved from the HF cache offline."""
-    result = run("all", "--out", tmp_path / "out", "--device", "cpu", hf_home=hf_home)
+    result = run_cli("all", "--out", tmp_path / "out", "--device", "cpu", hf_home=hf_home)
     assert result.returncode == 0, result.stderr
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
     for stem in ("chelsea", "coffee", "astronaut"):
@@ -95,7 +84,7 @@ def test_each_command_writes_its_picture(cli, tiny_model_dir, tmp_path):
 def test_extract_file_layout(tiny_model_dir, tmp_path):
     from safetensors import safe_open
 
-    assert run("extract", "sample:chelsea", "--model", tiny_model_dir, "--out", tmp_path, "--layer", "0").returncode == 0
+    assert run_cli("extract", "sample:chelsea", "--model", tiny_model_dir, "--out", tmp_path, "--layer", "0").returncode == 0
     with safe_open(str(tmp_path / "chelsea.safetensors"), "pt") as f:
         assert set(f.keys()) == {"cls", "registers", "patches"}
         assert tuple(f.get_tensor("patches").shape) == (18, 28, 64)
@@ -191,7 +180,7 @@ def test_bad_options_fail_cleanly(args, word, cli, tiny_model_dir, tmp_path):
 
 
 def test_unknown_option_is_a_usage_error():
-    result = run("norms", "--no-such-option")
+    result = run_cli("norms", "--no-such-option")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
@@ -201,7 +190,7 @@ def test_unknown_option_is_a_usage_error():
     ("./no/such/folder", "no file or folder"),
 ])
 def test_unavailable_models_fail_cleanly(model, word, hf_home, tmp_path):
-    result = run("norms", "--model", model, "--out", tmp_path / "out", hf_home=hf_home)
+    result = run_cli("norms", "--model", model, "--out", tmp_path / "out", hf_home=hf_home)
     assert_clean_failure(result, word)
     assert not (tmp_path / "out").exists()
 
@@ -215,13 +204,13 @@ def test_unwritable_output_folder(cli, tiny_model_dir, tmp_path):
 
 def test_bad_input_as_a_real_process(tiny_model_dir, tmp_path):
     (tmp_path / "text.jpg").write_text("not an image")
-    result = run("all", tmp_path / "text.jpg", "--model", tiny_model_dir, "--out", tmp_path / "out")
+    result = run_cli("all", tmp_path / "text.jpg", "--model", tiny_model_dir, "--out", tmp_path / "out")
     assert_clean_failure(result, "text.jpg")
     assert not (tmp_path / "out").exists()
 
 
 def test_debug_shows_the_traceback(tiny_model_dir, tmp_path):
-    result = run("norms", tmp_path / "nope.png", "--model", tiny_model_dir, "--debug")
+    result = run_cli("norms", tmp_path / "nope.png", "--model", tiny_model_dir, "--debug")
     assert result.returncode != 0 and "Traceback" in result.stderr
 
 

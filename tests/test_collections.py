@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from dinoscope.cli import main
-from dinoscope.collections import Item, Job, expand_inputs, is_collection, read_manifest, run_collection
+from dinoscope.collections import Job, expand_inputs, is_collection, read_manifest, run_collection
 from dinoscope.features import Extractor, Features
 from dinoscope.analyses import PCABasis
 from dinoscope.analyses.streaming import Moments, Range, StreamingPCA, fit_streaming

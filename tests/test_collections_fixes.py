@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +10,7 @@ from PIL import Image
 
 from dinoscope.cli import main
 from dinoscope.collections import Item, Job, expand_inputs, read_manifest, run_collection
-from dinoscope.errors import InputError, ModelError
+from dinoscope.errors import InputError
 from dinoscope.features import Extractor
 
 

@@ -1,23 +1,15 @@
 """The reference project's interface is a contract: flags, file names, sizes, modes and API shapes."""
 
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import cli_env
-
-ROOT = Path(__file__).resolve().parents[1]
-
+from helpers import ROOT, SRC, cli_env, run_cli
 
 def script(name, *args):
-    env = cli_env(PYTHONPATH=f"{ROOT / 'src'}:{ROOT}")
-    return subprocess.run([sys.executable, "-m", f"scripts.{name}", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=300)
+    return run_cli(*args, module=f"scripts.{name}", env=cli_env(PYTHONPATH=f"{SRC}:{ROOT}"), cwd=ROOT, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +79,7 @@ def test_reference_api_shapes(tiny_backbone, photo):
 
 
 def test_experiments_accept_a_bare_transformers_model(photo):
-    from conftest import build_vit
+    from helpers import build_vit
     from dinoscope import FeaturesLengthExperiment, process_image
 
     _, inputs = process_image(photo, device="cpu")

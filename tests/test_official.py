@@ -33,7 +33,7 @@ def make_vit(seed=0, **overrides):
     torch.manual_seed(seed)
     model = DINOv3ViTModel(DINOv3ViTConfig(**base)).eval()
     with torch.no_grad():  # random init leaves norms, biases and layer scale trivial: make every tensor matter
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
     return model
 

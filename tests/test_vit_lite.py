@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import build_vit
+from helpers import build_vit
 from dinoscope.features import extract_batch, forward_tokens
 from dinoscope.models import load_model
 from dinoscope.models.loading import describe
