@@ -164,6 +164,7 @@ def test_resume_with_a_basis_for_other_features_is_one_error(tmp_path, tiny_mode
 # --------------------------------------------------------------------------- 5. Ray cannot start
 
 
+@pytest.mark.ray
 @pytest.mark.parametrize("address", ["ray://nowhere.invalid:10001", ""])
 def test_ray_that_cannot_start_is_one_line(tmp_path, tiny_model_dir, monkeypatch, capsys, address):
     ray = pytest.importorskip("ray")
