@@ -46,6 +46,7 @@ def test_extract_batch_progress_counts_images(tiny_backbone):
     assert len(out) == 5 and seen == [2, 4, 5]
 
 
+@pytest.mark.slow
 def test_cli_extract_many_images(tiny_model_dir, tmp_path):
     out = tmp_path / "feats"
     r = run_cli("extract", "sample:chelsea", "sample:coffee", "sample:chelsea", "-m", tiny_model_dir, "-o", out,
@@ -66,6 +67,7 @@ def _features(n_rows: int, n_cols: int, dim: int, x: torch.Tensor) -> Features:
     return Features(torch.zeros(dim), torch.zeros(0, dim), x.reshape(n_rows, n_cols, dim), g)
 
 
+@pytest.mark.slow
 def test_huge_matching_takes_the_blocked_path_never_the_dense_matrix(monkeypatch, caplog):
     import dinoscope.analyses.matching as matching
 
@@ -87,6 +89,7 @@ def test_huge_matching_takes_the_blocked_path_never_the_dense_matrix(monkeypatch
     assert (inverse[torch.from_numpy(m.index_a)].numpy() == m.index_b).mean() > 0.99
 
 
+@pytest.mark.slow
 def test_exact_matching_at_4096_equals_scipy():
     from scipy.optimize import linear_sum_assignment
 

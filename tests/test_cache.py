@@ -136,6 +136,7 @@ def test_corrupt_entry_is_recomputed(tiny_model_dir, tmp_path, damage):
     assert torch.equal(Features.load(path).patches, computed.patches)  # the entry was rewritten whole
 
 
+@pytest.mark.slow
 def test_two_processes_writing_one_entry_leave_a_valid_file(tmp_path):
     script = textwrap.dedent(f"""
         import sys
@@ -205,6 +206,7 @@ def test_default_folder_and_sizes(monkeypatch, tmp_path):
         parse_size("lots")
 
 
+@pytest.mark.slow
 def test_cli_uses_the_cache_dir_and_no_cache_writes_nothing(tiny_model_dir, tmp_path):
     base = ["norms", "sample:chelsea", "-m", str(tiny_model_dir), "-o", str(tmp_path / "out")]
     r = run_cli(*base, "--no-cache", "--cache-dir", str(tmp_path / "c"))

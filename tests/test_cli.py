@@ -47,6 +47,7 @@ def test_help_is_fast_and_lists_commands():
         assert command in result.stdout
 
 
+@pytest.mark.slow
 def test_default_model_from_the_offline_cache(hf_home, tmp_path):
     """`dinoscope all` with no arguments: the real default id, resolved from the HF cache offline."""
     result = run_cli("all", "--out", tmp_path / "out", "--device", "cpu", hf_home=hf_home)
@@ -81,6 +82,7 @@ def test_each_command_writes_its_picture(cli, tiny_model_dir, tmp_path):
     assert rows[0] == "index_a,index_b,x_a,y_a,x_b,y_b,score" and len(rows) == 1 + 18 * 28
 
 
+@pytest.mark.slow
 def test_extract_file_layout(tiny_model_dir, tmp_path):
     from safetensors import safe_open
 
@@ -185,6 +187,7 @@ def test_unknown_option_is_a_usage_error():
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model,word", [
     ("facebook/dinov3-vitl16-pretrain-lvd1689m", "not in the hugging face cache"),
     ("./no/such/folder", "no file or folder"),
@@ -202,6 +205,7 @@ def test_unwritable_output_folder(cli, tiny_model_dir, tmp_path):
     assert_clean_failure(result, "cannot write")
 
 
+@pytest.mark.slow
 def test_bad_input_as_a_real_process(tiny_model_dir, tmp_path):
     (tmp_path / "text.jpg").write_text("not an image")
     result = run_cli("all", tmp_path / "text.jpg", "--model", tiny_model_dir, "--out", tmp_path / "out")
@@ -209,11 +213,13 @@ def test_bad_input_as_a_real_process(tiny_model_dir, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_debug_shows_the_traceback(tiny_model_dir, tmp_path):
     result = run_cli("norms", tmp_path / "nope.png", "--model", tiny_model_dir, "--debug")
     assert result.returncode != 0 and "Traceback" in result.stderr
 
 
+@pytest.mark.slow
 def test_all_on_the_samples_matches_each_against_the_given_image(cli, tiny_model_dir, tmp_path):
     result = cli("all", "--match", "sample:coffee", "--model", tiny_model_dir, "--out", tmp_path)
     assert result.returncode == 0, result.stderr

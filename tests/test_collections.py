@@ -127,6 +127,7 @@ def test_all_ok_exits_zero_and_extract_writes_features(collection, tiny_model_di
     torch.testing.assert_close(Features.load(out / "img00.safetensors").patches, alone.patches)
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_redoes_nothing_complete(collection, tiny_model_dir, tmp_path, monkeypatch):
     items = expand_inputs([str(collection)])
     out = tmp_path / "out"

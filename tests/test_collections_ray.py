@@ -21,6 +21,8 @@ if os.environ.get("CI"):  # CI installs the extra (it is in [test]): a missing o
 else:
     ray = pytest.importorskip("ray")
 
+pytestmark = pytest.mark.ray
+
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
@@ -32,7 +34,6 @@ def ray_cluster(tmp_path_factory):
     assert not ray.is_initialized()
 
 
-@pytest.mark.ray
 def test_ray_extract_gives_the_local_features(ray_cluster, tiny_model_dir, tmp_path):
     from dinoscope.ray_engine import load_feature_shard, run_on_ray
 
@@ -59,7 +60,6 @@ def test_ray_extract_gives_the_local_features(ray_cluster, tiny_model_dir, tmp_p
     assert len(shards) >= 2  # the work was split into batches across the pool
 
 
-@pytest.mark.ray
 def test_ray_pca_basis_is_the_distributed_reduction_of_the_local_one(ray_cluster, tiny_model_dir, tmp_path, capsys):
     photos = make_collection(tmp_path / "photos", n=8)
     code = main(["pca", str(photos), "-m", str(tiny_model_dir), "-o", str(tmp_path / "local"), "--no-progress"])

@@ -20,6 +20,7 @@ def photo(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_reference_scripts_write_reference_files(tiny_model_dir, photo, tmp_path):
     common = ["--model_name", tiny_model_dir, "--output_dir", tmp_path, "--device", "cpu"]
     assert script("run_feat_len", "--input_path", photo, *common).returncode == 0
@@ -42,6 +43,7 @@ def test_reference_scripts_write_reference_files(tiny_model_dir, photo, tmp_path
         assert im.size == (640 + 8 + 451, 427)
 
 
+@pytest.mark.slow
 def test_cls_query_draws_no_box(tiny_model_dir, photo, tmp_path):
     r = script("run_similarity", "--input_path", photo, "--patch_idx", "-1", "--model_name", tiny_model_dir,
                "--output_dir", tmp_path)
@@ -50,6 +52,7 @@ def test_cls_query_draws_no_box(tiny_model_dir, photo, tmp_path):
     assert not ((a[..., 0] == 255) & (a[..., 1] == 0) & (a[..., 2] == 0)).any()
 
 
+@pytest.mark.slow
 def test_reference_scripts_fail_cleanly(tiny_model_dir, tmp_path):
     r = script("run_similarity", "--patch_idx", "5000", "--model_name", tiny_model_dir, "--output_dir", tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "outside" in r.stderr

@@ -3,11 +3,13 @@
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 from helpers import cli_env
 
 
+@pytest.mark.slow
 def test_two_runs_into_one_folder_leave_valid_files(tiny_model_dir, tmp_path):
     from safetensors import safe_open
 

@@ -161,6 +161,7 @@ def cli(args, env: dict, cwd: Path) -> subprocess.CompletedProcess:
     return run_cli(*args, env=env, cwd=cwd, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_downloads_through_hf_endpoint_with_progress_and_says_which_copy(tmp_path, timm_files, plain_timm_files):
     plain = "timm/vit_small_patch16_dinov3.lvd1689m"
     with FakeHub() as fake:
@@ -187,6 +188,7 @@ def test_cli_downloads_through_hf_endpoint_with_progress_and_says_which_copy(tmp
     assert photo.getpixel((1, 1)) != (200, 0, 0)  # real weights: no random-weights tag
 
 
+@pytest.mark.slow
 def test_offline_demo_draws_labelled_random_weights_and_only_the_demo_does(tmp_path):
     offline = {"HF_HOME": str(tmp_path / "empty-hf"), "HF_HUB_OFFLINE": "1"}
     done = cli(["all", "-r", "long:64", "-o", "demo"], offline, tmp_path)

@@ -38,6 +38,7 @@ def test_interrupted_write_leaves_no_file(tmp_path, sig):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_cli_run_leaves_only_complete_files(tiny_model_dir, tmp_path, sig):
     from safetensors import safe_open

@@ -498,6 +498,7 @@ def test_cli_refuses_a_large_model_with_exit_2(monkeypatch, capsys):
 # the command line (as users run it: a subprocess on the worktree code)
 
 
+@pytest.mark.slow
 def test_cli_unknown_model_and_offline_errors(hf_home, tmp_path):
     for args, expected in ((["norms", "-m", "vitb61"], "closest known names: vitb16"),
                            (["pca", "-m", "dinov2-small"], "not in the Hugging Face cache")):
@@ -506,6 +507,7 @@ def test_cli_unknown_model_and_offline_errors(hf_home, tmp_path):
         assert run.stderr.count("\n") == 1 and expected in run.stderr and "Traceback" not in run.stderr
 
 
+@pytest.mark.slow
 def test_cli_attention_and_layers(family_dirs, tmp_path):
     from PIL import Image
 

@@ -345,6 +345,7 @@ def test_guarded_wrapper_keeps_outputs_and_reports(engine):
     assert result[-1].startswith("error: load image A first")
 
 
+@pytest.mark.slow
 def test_cli_ui_serves_prints_its_address_and_stops_on_ctrl_c(tiny_model_dir, tmp_path):
     import os
     import signal
