@@ -86,6 +86,7 @@ def call(args, capsys):
     return code, out.out, out.err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", list(COMMANDS))
 @pytest.mark.parametrize("case", CASE_NAMES)
 def test_matrix(command, case, cases, tiny_model_dir, tmp_path, capsys):

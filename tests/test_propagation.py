@@ -40,6 +40,7 @@ def iou(a, b):
     return (a & b).sum() / (a | b).sum()
 
 
+@pytest.mark.slow
 def test_moving_shapes_are_followed(pixel_backbone):
     rng = np.random.default_rng(0)
     # a flat green with noise: on a static texture, the pixel model would match each background patch
