@@ -52,6 +52,7 @@ def timm_references(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", REFERENCE_CASES)
 def test_tokens_equal_timms_own_model(timm_references, case):
     folder = timm_references / case
