@@ -70,6 +70,7 @@ def test_each_family_gets_its_adapter(loaded):
         assert isinstance(loaded[family][0].adapter, expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", [False, True])
 @pytest.mark.parametrize("family", [f for f in FAMILIES if f != "convnext"])
 def test_vit_intermediates_equal_the_hidden_states(loaded, family, norm):

@@ -12,6 +12,7 @@ from helpers import run_cli
 from dinoscope.features import Extractor, Features, extract_batch
 from dinoscope.geometry import Geometry, Resolution
 
+@pytest.mark.slow
 def test_extract_many_batches_same_sizes_and_keeps_order(tiny_backbone, monkeypatch):
     import dinoscope.features as features_module
 
@@ -37,6 +38,7 @@ def test_extract_many_batches_same_sizes_and_keeps_order(tiny_backbone, monkeypa
         torch.testing.assert_close(feats.patches, alone.patches, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_extract_batch_progress_counts_images(tiny_backbone):
     from dinoscope.images import load_image
 

@@ -86,6 +86,7 @@ def test_every_key_part_changes_the_key():
     assert _key().digest == base.digest  # and it is stable
 
 
+@pytest.mark.slow
 def test_changed_settings_miss_and_same_settings_hit(tiny_model_dir, tmp_path):
     cache = FeatureCache(tmp_path / "c")
     Extractor(tiny_model_dir, device="cpu", cache=cache)("sample:chelsea")
@@ -114,6 +115,7 @@ def test_changed_weights_miss(tiny_model_dir, tmp_path):
     assert ex.forward_passes == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "other_key"])
 def test_corrupt_entry_is_recomputed(tiny_model_dir, tmp_path, damage):
     cache = FeatureCache(tmp_path / "c")

@@ -62,6 +62,7 @@ def test_default_model_from_the_offline_cache(hf_home, tmp_path):
     assert str((tmp_path / "out").resolve()) in result.stdout
 
 
+@pytest.mark.slow
 def test_each_command_writes_its_picture(cli, tiny_model_dir, tmp_path):
     out = tmp_path / "o"
     common = ["--model", tiny_model_dir, "--out", out, "--device", "cpu"]

@@ -97,6 +97,7 @@ VIT_CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(VIT_CASES))
 def test_vit_round_trip_through_files(case, tmp_path):
     spec = dict(VIT_CASES[case])
@@ -441,6 +442,7 @@ def test_bfloat16_checkpoint_is_cast():
 # ConvNeXt
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", [
     dict(hidden_sizes=[16, 24, 32, 40], depths=[1, 2, 1, 1], layerscale=True),
     dict(hidden_sizes=[8, 16, 24, 32], depths=[2, 1, 3, 1], layerscale=False),

@@ -67,6 +67,7 @@ def test_tokens_equal_timms_own_model(timm_references, case):
     assert diff <= TOLERANCE
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides, architecture", [
     (dict(), "vit_base_patch16_dinov3_qkvb"),
     (dict(query_bias=False, value_bias=False), "vit_base_patch16_dinov3"),

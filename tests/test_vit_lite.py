@@ -10,6 +10,7 @@ from dinoscope.models.loading import describe
 from dinoscope.models.vit import DINOv3ViT
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [
     {},
     {"num_register_tokens": 0, "layerscale_value": 0.1},
