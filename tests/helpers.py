@@ -106,3 +106,13 @@ def run_cli(*args, hf_home: Path | None = None, env: dict | None = None, cwd=Non
     command = [sys.executable, *(["-m", module] if module else []), *map(str, args)]
     return subprocess.run(command, capture_output=True, text=True, env=cli_env(hf_home) if env is None else env,
                           cwd=cwd, timeout=timeout, check=False)
+
+
+def assert_clean_failure(result, *words):
+    """Exit code 2 and exactly one stderr line (no traceback) holding every word."""
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word.lower() in lines[0].lower(), lines[0]

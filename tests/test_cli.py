@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from helpers import run_cli
+from helpers import assert_clean_failure, run_cli
 
 class InProcess:
     """The CLI's main() called in this process: same code path as the command, without the start-up cost."""
@@ -29,15 +29,6 @@ def cli(capsys):
         return InProcess(code, captured.out, captured.err)
 
     return call
-
-
-def assert_clean_failure(result, *words):
-    assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for word in words:
-        assert word.lower() in lines[0].lower(), lines[0]
 
 
 def test_help_is_fast_and_lists_commands():
@@ -236,7 +227,7 @@ def test_extract_to_a_named_file_with_normal_permissions(tiny_model_dir, tmp_pat
     target = tmp_path / "feats.safetensors"
     old = os.umask(0o022)
     try:
-        result = run("extract", "sample:chelsea", "--model", tiny_model_dir, "-o", target)
+        result = run_cli("extract", "sample:chelsea", "--model", tiny_model_dir, "-o", target)
     finally:
         os.umask(old)
     assert result.returncode == 0, result.stderr
@@ -246,15 +237,15 @@ def test_extract_to_a_named_file_with_normal_permissions(tiny_model_dir, tmp_pat
 
 @pytest.mark.parametrize("command, extra", [("pca", "ray"), ("video", "video"), ("ui", "ui")])
 def test_help_shows_bracketed_extras(command, extra):
-    result = run(command, "--help")
+    result = run_cli(command, "--help")
     assert result.returncode == 0 and f"dinoscope[{extra}]" in result.stdout.replace("\n", "")
 
 
 def test_progress_status_and_summary_on_request_quiet_otherwise(tiny_model_dir, tmp_path):
     common = ["norms", "sample:chelsea", "--model", tiny_model_dir, "--out", tmp_path, "--no-cache"]
-    quiet = run(*common)
+    quiet = run_cli(*common)
     assert quiet.returncode == 0 and quiet.stderr == ""  # not a terminal: nothing on stderr
-    told = run(*common, "--progress")
+    told = run_cli(*common, "--progress")
     assert told.returncode == 0, told.stderr
     assert "loading model" in told.stderr and "computing features" in told.stderr
     last = told.stderr.strip().splitlines()[-1]

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import test_cli
 from PIL import Image
-from helpers import run_cli
-from test_cli import assert_clean_failure
+from helpers import assert_clean_failure, run_cli
 
 from dinoscope.images import SAMPLES, load_image
 
