@@ -11,7 +11,7 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
 def random_vitb16(folder: Path, tiny: bool = False) -> Path:
     """Random weights with the real ViT-B/16 shapes (or the tests' tiny model), saved in save_pretrained layout."""
-    from conftest import TINY, VITB16, build_vit
+    from helpers import TINY, VITB16, build_vit
 
     if not (folder / "config.json").exists():
         build_vit(0, **(TINY if tiny else VITB16)).save_pretrained(folder)

@@ -107,14 +107,14 @@ def section_forward(args, home: Path) -> None:
     eager = load_model(common.DEFAULT_ID, device="cpu", dtype="float32", attention="eager")
     for w, h in sizes:
         px = pixels_for(eager, w, h)
-        te = common.best_of(lambda: forward_tokens(eager, px, [11], True), 1)
+        te = common.best_of(lambda: forward_tokens(eager, px, [11], True), 1)  # noqa: F821 (del after the loop)
         row(f"eager attention {w}x{h}", f"{te:.2f} s", f"SDPA is {te / results[(w, h)][0]:.2f}x faster")
     del eager
 
     bf = load_model(common.DEFAULT_ID, device="cpu", dtype="bfloat16")
     for w, h in sizes:
         px = pixels_for(bf, w, h)
-        run = lambda: forward_tokens(bf, px, [11], True)  # noqa: E731
+        run = lambda: forward_tokens(bf, px, [11], True)  # noqa: E731, F821 (del after the loop)
         run()
         tb = common.best_of(run, args.repeats)
         ref = results[(w, h)][1]

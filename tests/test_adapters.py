@@ -61,6 +61,7 @@ def _pixels(patch_size: int, rows: int = 3, cols: int = 4, batch: int = 2):
     return torch.randn(batch, 3, rows * patch_size, cols * patch_size, generator=torch.Generator().manual_seed(7))
 
 
+@pytest.mark.slow
 def test_each_family_gets_its_adapter(loaded):
     assert isinstance(loaded["vit-torch"][0].module, DINOv3ViT)
     assert not isinstance(loaded["vit-transformers"][0].module, DINOv3ViT)
@@ -69,6 +70,7 @@ def test_each_family_gets_its_adapter(loaded):
         assert isinstance(loaded[family][0].adapter, expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", [False, True])
 @pytest.mark.parametrize("family", [f for f in FAMILIES if f != "convnext"])
 def test_vit_intermediates_equal_the_hidden_states(loaded, family, norm):

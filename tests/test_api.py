@@ -4,10 +4,6 @@ and exports that editors see and that load lazily."""
 from __future__ import annotations
 
 import ast
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +12,7 @@ from PIL import Image
 
 import dinoscope as ds
 from dinoscope.errors import InputError
-
-SRC = Path(__file__).resolve().parents[1] / "src"
+from helpers import SRC, run_cli
 
 
 def test_every_export_resolves_and_editors_see_the_same_names():
@@ -38,8 +33,7 @@ def test_every_export_resolves_and_editors_see_the_same_names():
 def test_import_stays_light():
     code = ("import sys, dinoscope, dinoscope.models.registry; from dinoscope.models import DEFAULT_MODEL; "
             "print('torch' in sys.modules)")
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    out = run_cli("-c", code, module=None, timeout=120)
     assert out.stdout.strip() == "False", out.stderr
 
 

@@ -1,7 +1,6 @@
 """Every CLI command against a table of awkward and hostile inputs: exit code, one line, no traceback,
 no stray files. Runs main() in-process (the same code path as the command) to keep it fast."""
 
-import io
 import os
 from pathlib import Path
 
@@ -87,6 +86,7 @@ def call(args, capsys):
     return code, out.out, out.err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", list(COMMANDS))
 @pytest.mark.parametrize("case", CASE_NAMES)
 def test_matrix(command, case, cases, tiny_model_dir, tmp_path, capsys):

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import cli_env
+from helpers import run_cli
 
 from dinoscope.features import Extractor, Features, extract_batch
 from dinoscope.geometry import Geometry, Resolution
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
-
-
+@pytest.mark.slow
 def test_extract_many_batches_same_sizes_and_keeps_order(tiny_backbone, monkeypatch):
     import dinoscope.features as features_module
 
@@ -43,6 +38,7 @@ def test_extract_many_batches_same_sizes_and_keeps_order(tiny_backbone, monkeypa
         torch.testing.assert_close(feats.patches, alone.patches, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_extract_batch_progress_counts_images(tiny_backbone):
     from dinoscope.images import load_image
 
@@ -52,12 +48,11 @@ def test_extract_batch_progress_counts_images(tiny_backbone):
     assert len(out) == 5 and seen == [2, 4, 5]
 
 
+@pytest.mark.slow
 def test_cli_extract_many_images(tiny_model_dir, tmp_path):
     out = tmp_path / "feats"
-    r = subprocess.run([sys.executable, "-m", "dinoscope", "extract", "sample:chelsea", "sample:coffee",
-                        "sample:chelsea", "-m", str(tiny_model_dir), "-o", str(out), "--no-cache", "-b", "2",
-                        "--progress"],
-                       capture_output=True, text=True, timeout=600, env=cli_env(PYTHONPATH=SRC))
+    r = run_cli("extract", "sample:chelsea", "sample:coffee", "sample:chelsea", "-m", tiny_model_dir, "-o", out,
+                "--no-cache", "-b", "2", "--progress")
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in out.iterdir()) == ["chelsea.safetensors", "chelsea_2.safetensors",
                                                       "coffee.safetensors", "manifest.jsonl"]  # several: a collection
@@ -65,8 +60,7 @@ def test_cli_extract_many_images(tiny_model_dir, tmp_path):
     assert "3/3" in r.stderr  # the progress bar reached the end
     a, b = Features.load(out / "chelsea.safetensors"), Features.load(out / "chelsea_2.safetensors")
     assert torch.equal(a.patches, b.patches) and a.geometry.grid == (18, 28)
-    r = subprocess.run([sys.executable, "-m", "dinoscope", "extract", "sample:chelsea", "-b", "0"],
-                       capture_output=True, text=True, timeout=600, env=cli_env(PYTHONPATH=SRC))
+    r = run_cli("extract", "sample:chelsea", "-b", "0")
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "--batch-size" in r.stderr
 
 
@@ -75,6 +69,7 @@ def _features(n_rows: int, n_cols: int, dim: int, x: torch.Tensor) -> Features:
     return Features(torch.zeros(dim), torch.zeros(0, dim), x.reshape(n_rows, n_cols, dim), g)
 
 
+@pytest.mark.slow
 def test_huge_matching_takes_the_blocked_path_never_the_dense_matrix(monkeypatch, caplog):
     import dinoscope.analyses.matching as matching
 
@@ -96,6 +91,7 @@ def test_huge_matching_takes_the_blocked_path_never_the_dense_matrix(monkeypatch
     assert (inverse[torch.from_numpy(m.index_a)].numpy() == m.index_b).mean() > 0.99
 
 
+@pytest.mark.slow
 def test_exact_matching_at_4096_equals_scipy():
     from scipy.optimize import linear_sum_assignment
 

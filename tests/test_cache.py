@@ -12,13 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import DEFAULT_ID, FAKE_COMMIT, cli_env
+from helpers import DEFAULT_ID, FAKE_COMMIT, SRC, cli_env, run_cli
 
 from dinoscope.cache import CacheKey, FeatureCache, default_cache_dir, parse_size
 from dinoscope.features import Extractor, Features
 from dinoscope.geometry import Geometry, Resolution
-
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def _features(rows=3, cols=4, dim=8, seed=0) -> Features:
@@ -89,6 +87,7 @@ def test_every_key_part_changes_the_key():
     assert _key().digest == base.digest  # and it is stable
 
 
+@pytest.mark.slow
 def test_changed_settings_miss_and_same_settings_hit(tiny_model_dir, tmp_path):
     cache = FeatureCache(tmp_path / "c")
     Extractor(tiny_model_dir, device="cpu", cache=cache)("sample:chelsea")
@@ -117,6 +116,7 @@ def test_changed_weights_miss(tiny_model_dir, tmp_path):
     assert ex.forward_passes == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "other_key"])
 def test_corrupt_entry_is_recomputed(tiny_model_dir, tmp_path, damage):
     cache = FeatureCache(tmp_path / "c")
@@ -139,10 +139,11 @@ def test_corrupt_entry_is_recomputed(tiny_model_dir, tmp_path, damage):
     assert torch.equal(Features.load(path).patches, computed.patches)  # the entry was rewritten whole
 
 
+@pytest.mark.slow
 def test_two_processes_writing_one_entry_leave_a_valid_file(tmp_path):
     script = textwrap.dedent(f"""
         import sys
-        sys.path.insert(0, {SRC!r}); sys.path.insert(0, {str(Path(__file__).parent)!r})
+        sys.path.insert(0, {str(SRC)!r}); sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_cache import _features, _key
         from dinoscope.cache import FeatureCache
         cache = FeatureCache(sys.argv[1])
@@ -150,7 +151,7 @@ def test_two_processes_writing_one_entry_leave_a_valid_file(tmp_path):
             assert cache.put(_key(), _features(rows=40, cols=40, dim=64)) is not None
         print("ok")
     """)
-    env = dict(os.environ, PYTHONPATH=SRC)
+    env = cli_env()
     procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "c")], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
     for p in procs:
@@ -208,26 +209,22 @@ def test_default_folder_and_sizes(monkeypatch, tmp_path):
         parse_size("lots")
 
 
-def _run(args, hf_home=None, **env):
-    return subprocess.run([sys.executable, "-m", "dinoscope", *args], capture_output=True, text=True, timeout=600,
-                          env=cli_env(hf_home, PYTHONPATH=SRC, **env))
-
-
+@pytest.mark.slow
 def test_cli_uses_the_cache_dir_and_no_cache_writes_nothing(tiny_model_dir, tmp_path):
     base = ["norms", "sample:chelsea", "-m", str(tiny_model_dir), "-o", str(tmp_path / "out")]
-    r = _run(base + ["--no-cache", "--cache-dir", str(tmp_path / "c")])
+    r = run_cli(*base, "--no-cache", "--cache-dir", str(tmp_path / "c"))
     assert r.returncode == 0, r.stderr
     assert not (tmp_path / "c").exists()
     picture = (tmp_path / "out" / "chelsea_norms.png").read_bytes()
-    r = _run(base + ["--cache-dir", str(tmp_path / "c")])
+    r = run_cli(*base, "--cache-dir", str(tmp_path / "c"))
     assert r.returncode == 0, r.stderr
     assert len(list((tmp_path / "c").rglob("*.safetensors"))) == 1
-    r = _run(base + ["--cache-dir", str(tmp_path / "c")])  # served from the cache: the same picture
+    r = run_cli(*base, "--cache-dir", str(tmp_path / "c"))  # served from the cache: the same picture
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "out" / "chelsea_norms.png").read_bytes() == picture
-    r = _run(base, DINOSCOPE_CACHE=str(tmp_path / "env"))
+    r = run_cli(*base, env=cli_env(DINOSCOPE_CACHE=str(tmp_path / "env")))
     assert r.returncode == 0 and len(list((tmp_path / "env").rglob("*.safetensors"))) == 1
-    r = _run(base, DINOSCOPE_CACHE="off", XDG_CACHE_HOME=str(tmp_path / "xdg"))
+    r = run_cli(*base, env=cli_env(DINOSCOPE_CACHE="off", XDG_CACHE_HOME=str(tmp_path / "xdg")))
     assert r.returncode == 0 and not (tmp_path / "xdg").exists()
 
 

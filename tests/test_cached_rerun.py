@@ -4,8 +4,6 @@ every image is in the cache, and a cache miss still computes."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import cli_env
+from helpers import run_cli
 from dinoscope import views
 from dinoscope.analyses import PCABasis, minmax, patch_norms, similarity_map
 from dinoscope.cache import FeatureCache
@@ -23,7 +21,6 @@ from dinoscope.geometry import Geometry, Resolution
 from dinoscope.images import load_image
 from dinoscope.tokens import Features
 
-SRC = Path(__file__).resolve().parents[1] / "src"
 IMAGE, OTHER = "sample:chelsea", "sample:coffee"
 
 # Each command as a user would type it (model, cache and output folder are added per run).
@@ -50,8 +47,7 @@ print(json.dumps({"codes": codes, "torch": "torch" in sys.modules}))
 def run_lines(lines: list[list[str]], tmp_path: Path) -> dict:
     script = tmp_path / "run_lines.py"
     script.write_text(RUNNER)
-    done = subprocess.run([sys.executable, str(script), json.dumps(lines)], capture_output=True, text=True,
-                          env=cli_env(PYTHONPATH=str(SRC)), timeout=600, check=False)
+    done = run_cli(script, json.dumps(lines), module=None)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -60,6 +56,7 @@ def pictures(folder: Path) -> dict[str, np.ndarray]:
     return {p.name: np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))}
 
 
+@pytest.mark.slow
 def test_cached_reruns_draw_the_torch_pictures_without_importing_torch(tiny_model_dir, tmp_path):
     cache, model = tmp_path / "cache", str(tiny_model_dir)
     # the torch path: a forward pass for every picture (no cache), and one run that fills the cache
@@ -84,6 +81,7 @@ def test_cached_reruns_draw_the_torch_pictures_without_importing_torch(tiny_mode
             assert np.array_equal(got[name], expected[name]), f"{command}: {name} differs from the torch path"
 
 
+@pytest.mark.slow
 def test_a_cache_miss_still_computes(tiny_model_dir, tmp_path):
     cache, model = tmp_path / "cache", str(tiny_model_dir)
     lines = [["pca", IMAGE, "-m", model, "--cache-dir", str(cache), "-o", str(tmp_path / "miss")],

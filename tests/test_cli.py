@@ -1,8 +1,6 @@
 """The CLI as a user runs it: subprocesses, files, sizes, modes, exit codes, messages."""
 
 import struct
-import subprocess
-import sys
 import threading
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -11,16 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import cli_env
-
-SRC = Path(__file__).resolve().parents[1] / "src"
-
-
-def run(*args, hf_home=None, cwd=None, timeout=300):
-    env = cli_env(hf_home, PYTHONPATH=str(SRC))
-    return subprocess.run([sys.executable, "-m", "dinoscope", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=timeout)
-
+from helpers import assert_clean_failure, run_cli
 
 class InProcess:
     """The CLI's main() called in this process: same code path as the command, without the start-up cost."""
@@ -42,25 +31,17 @@ def cli(capsys):
     return call
 
 
-def assert_clean_failure(result, *words):
-    assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for word in words:
-        assert word.lower() in lines[0].lower(), lines[0]
-
-
 def test_help_is_fast_and_lists_commands():
-    result = run("--help")
+    result = run_cli("--help")
     assert result.returncode == 0
     for command in ("norms", "pca", "similarity", "match", "all", "extract"):
         assert command in result.stdout
 
 
+@pytest.mark.slow
 def test_default_model_from_the_offline_cache(hf_home, tmp_path):
     """`dinoscope all` with no arguments: the real default id, resolved from the HF cache offline."""
-    result = run("all", "--out", tmp_path / "out", "--device", "cpu", hf_home=hf_home)
+    result = run_cli("all", "--out", tmp_path / "out", "--device", "cpu", hf_home=hf_home)
     assert result.returncode == 0, result.stderr
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
     for stem in ("chelsea", "coffee", "astronaut"):
@@ -72,6 +53,7 @@ def test_default_model_from_the_offline_cache(hf_home, tmp_path):
     assert str((tmp_path / "out").resolve()) in result.stdout
 
 
+@pytest.mark.slow
 def test_each_command_writes_its_picture(cli, tiny_model_dir, tmp_path):
     out = tmp_path / "o"
     common = ["--model", tiny_model_dir, "--out", out, "--device", "cpu"]
@@ -93,10 +75,11 @@ def test_each_command_writes_its_picture(cli, tiny_model_dir, tmp_path):
     assert rows[0] == "index_a,index_b,x_a,y_a,x_b,y_b,score" and len(rows) == 1 + 18 * 28
 
 
+@pytest.mark.slow
 def test_extract_file_layout(tiny_model_dir, tmp_path):
     from safetensors import safe_open
 
-    assert run("extract", "sample:chelsea", "--model", tiny_model_dir, "--out", tmp_path, "--layer", "0").returncode == 0
+    assert run_cli("extract", "sample:chelsea", "--model", tiny_model_dir, "--out", tmp_path, "--layer", "0").returncode == 0
     with safe_open(str(tmp_path / "chelsea.safetensors"), "pt") as f:
         assert set(f.keys()) == {"cls", "registers", "patches"}
         assert tuple(f.get_tensor("patches").shape) == (18, 28, 64)
@@ -192,17 +175,18 @@ def test_bad_options_fail_cleanly(args, word, cli, tiny_model_dir, tmp_path):
 
 
 def test_unknown_option_is_a_usage_error():
-    result = run("norms", "--no-such-option")
+    result = run_cli("norms", "--no-such-option")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model,word", [
     ("facebook/dinov3-vitl16-pretrain-lvd1689m", "not in the hugging face cache"),
     ("./no/such/folder", "no file or folder"),
 ])
 def test_unavailable_models_fail_cleanly(model, word, hf_home, tmp_path):
-    result = run("norms", "--model", model, "--out", tmp_path / "out", hf_home=hf_home)
+    result = run_cli("norms", "--model", model, "--out", tmp_path / "out", hf_home=hf_home)
     assert_clean_failure(result, word)
     assert not (tmp_path / "out").exists()
 
@@ -214,18 +198,21 @@ def test_unwritable_output_folder(cli, tiny_model_dir, tmp_path):
     assert_clean_failure(result, "cannot write")
 
 
+@pytest.mark.slow
 def test_bad_input_as_a_real_process(tiny_model_dir, tmp_path):
     (tmp_path / "text.jpg").write_text("not an image")
-    result = run("all", tmp_path / "text.jpg", "--model", tiny_model_dir, "--out", tmp_path / "out")
+    result = run_cli("all", tmp_path / "text.jpg", "--model", tiny_model_dir, "--out", tmp_path / "out")
     assert_clean_failure(result, "text.jpg")
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_debug_shows_the_traceback(tiny_model_dir, tmp_path):
-    result = run("norms", tmp_path / "nope.png", "--model", tiny_model_dir, "--debug")
+    result = run_cli("norms", tmp_path / "nope.png", "--model", tiny_model_dir, "--debug")
     assert result.returncode != 0 and "Traceback" in result.stderr
 
 
+@pytest.mark.slow
 def test_all_on_the_samples_matches_each_against_the_given_image(cli, tiny_model_dir, tmp_path):
     result = cli("all", "--match", "sample:coffee", "--model", tiny_model_dir, "--out", tmp_path)
     assert result.returncode == 0, result.stderr
@@ -240,7 +227,7 @@ def test_extract_to_a_named_file_with_normal_permissions(tiny_model_dir, tmp_pat
     target = tmp_path / "feats.safetensors"
     old = os.umask(0o022)
     try:
-        result = run("extract", "sample:chelsea", "--model", tiny_model_dir, "-o", target)
+        result = run_cli("extract", "sample:chelsea", "--model", tiny_model_dir, "-o", target)
     finally:
         os.umask(old)
     assert result.returncode == 0, result.stderr
@@ -250,15 +237,15 @@ def test_extract_to_a_named_file_with_normal_permissions(tiny_model_dir, tmp_pat
 
 @pytest.mark.parametrize("command, extra", [("pca", "ray"), ("video", "video"), ("ui", "ui")])
 def test_help_shows_bracketed_extras(command, extra):
-    result = run(command, "--help")
+    result = run_cli(command, "--help")
     assert result.returncode == 0 and f"dinoscope[{extra}]" in result.stdout.replace("\n", "")
 
 
 def test_progress_status_and_summary_on_request_quiet_otherwise(tiny_model_dir, tmp_path):
     common = ["norms", "sample:chelsea", "--model", tiny_model_dir, "--out", tmp_path, "--no-cache"]
-    quiet = run(*common)
+    quiet = run_cli(*common)
     assert quiet.returncode == 0 and quiet.stderr == ""  # not a terminal: nothing on stderr
-    told = run(*common, "--progress")
+    told = run_cli(*common, "--progress")
     assert told.returncode == 0, told.stderr
     assert "loading model" in told.stderr and "computing features" in told.stderr
     last = told.stderr.strip().splitlines()[-1]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import test_cli
 from PIL import Image
-from test_cli import assert_clean_failure, run
+from helpers import assert_clean_failure, run_cli
 
 from dinoscope.images import SAMPLES, load_image
 
@@ -129,7 +129,7 @@ def test_bad_search_input(case, word, cli, tiny_model_dir, photos, tmp_path):
 
 
 def test_search_needs_in():
-    r = run("search", "sample:chelsea")
+    r = run_cli("search", "sample:chelsea")
     assert r.returncode == 2 and "--in" in r.stderr and "Traceback" not in r.stderr
 
 

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from dinoscope.cli import main
-from dinoscope.collections import Item, Job, expand_inputs, is_collection, read_manifest, run_collection
+from dinoscope.collections import Job, expand_inputs, is_collection, read_manifest, run_collection
 from dinoscope.features import Extractor, Features
 from dinoscope.analyses import PCABasis
 from dinoscope.analyses.streaming import Moments, Range, StreamingPCA, fit_streaming
@@ -127,6 +127,7 @@ def test_all_ok_exits_zero_and_extract_writes_features(collection, tiny_model_di
     torch.testing.assert_close(Features.load(out / "img00.safetensors").patches, alone.patches)
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_redoes_nothing_complete(collection, tiny_model_dir, tmp_path, monkeypatch):
     items = expand_inputs([str(collection)])
     out = tmp_path / "out"

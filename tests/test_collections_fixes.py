@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +10,7 @@ from PIL import Image
 
 from dinoscope.cli import main
 from dinoscope.collections import Item, Job, expand_inputs, read_manifest, run_collection
-from dinoscope.errors import InputError, ModelError
+from dinoscope.errors import InputError
 from dinoscope.features import Extractor
 
 
@@ -166,6 +164,7 @@ def test_resume_with_a_basis_for_other_features_is_one_error(tmp_path, tiny_mode
 # --------------------------------------------------------------------------- 5. Ray cannot start
 
 
+@pytest.mark.ray
 @pytest.mark.parametrize("address", ["ray://nowhere.invalid:10001", ""])
 def test_ray_that_cannot_start_is_one_line(tmp_path, tiny_model_dir, monkeypatch, capsys, address):
     ray = pytest.importorskip("ray")

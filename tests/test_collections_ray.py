@@ -21,6 +21,8 @@ if os.environ.get("CI"):  # CI installs the extra (it is in [test]): a missing o
 else:
     ray = pytest.importorskip("ray")
 
+pytestmark = pytest.mark.ray
+
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):

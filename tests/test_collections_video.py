@@ -57,6 +57,7 @@ def test_clip_round_trip(tmp_path):
     assert len(list(iter_frames(clip, stride=3))) == 4 and len(list(iter_frames(clip, stride=2, max_frames=4))) == 4
 
 
+@pytest.mark.slow
 def test_video_command_pca_and_similarity(tmp_path, tiny_model_dir, capsys):
     clip = tmp_path / "walk.mp4"
     make_clip(clip)

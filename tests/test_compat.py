@@ -1,23 +1,15 @@
 """The reference project's interface is a contract: flags, file names, sizes, modes and API shapes."""
 
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import cli_env
-
-ROOT = Path(__file__).resolve().parents[1]
-
+from helpers import ROOT, SRC, cli_env, run_cli
 
 def script(name, *args):
-    env = cli_env(PYTHONPATH=f"{ROOT / 'src'}:{ROOT}")
-    return subprocess.run([sys.executable, "-m", f"scripts.{name}", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=300)
+    return run_cli(*args, module=f"scripts.{name}", env=cli_env(PYTHONPATH=f"{SRC}:{ROOT}"), cwd=ROOT, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +20,7 @@ def photo(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_reference_scripts_write_reference_files(tiny_model_dir, photo, tmp_path):
     common = ["--model_name", tiny_model_dir, "--output_dir", tmp_path, "--device", "cpu"]
     assert script("run_feat_len", "--input_path", photo, *common).returncode == 0
@@ -50,6 +43,7 @@ def test_reference_scripts_write_reference_files(tiny_model_dir, photo, tmp_path
         assert im.size == (640 + 8 + 451, 427)
 
 
+@pytest.mark.slow
 def test_cls_query_draws_no_box(tiny_model_dir, photo, tmp_path):
     r = script("run_similarity", "--input_path", photo, "--patch_idx", "-1", "--model_name", tiny_model_dir,
                "--output_dir", tmp_path)
@@ -58,6 +52,7 @@ def test_cls_query_draws_no_box(tiny_model_dir, photo, tmp_path):
     assert not ((a[..., 0] == 255) & (a[..., 1] == 0) & (a[..., 2] == 0)).any()
 
 
+@pytest.mark.slow
 def test_reference_scripts_fail_cleanly(tiny_model_dir, tmp_path):
     r = script("run_similarity", "--patch_idx", "5000", "--model_name", tiny_model_dir, "--output_dir", tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "outside" in r.stderr
@@ -87,7 +82,7 @@ def test_reference_api_shapes(tiny_backbone, photo):
 
 
 def test_experiments_accept_a_bare_transformers_model(photo):
-    from conftest import build_vit
+    from helpers import build_vit
     from dinoscope import FeaturesLengthExperiment, process_image
 
     _, inputs = process_image(photo, device="cpu")

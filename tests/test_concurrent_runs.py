@@ -2,15 +2,14 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
+import pytest
 from PIL import Image
 
-from conftest import cli_env
-
-SRC = Path(__file__).resolve().parents[1] / "src"
+from helpers import cli_env
 
 
+@pytest.mark.slow
 def test_two_runs_into_one_folder_leave_valid_files(tiny_model_dir, tmp_path):
     from safetensors import safe_open
 
@@ -19,7 +18,7 @@ def test_two_runs_into_one_folder_leave_valid_files(tiny_model_dir, tmp_path):
             str(tiny_model_dir), "--out", str(out), "--cache-dir", str(cache)]
     extract = [sys.executable, "-m", "dinoscope", "extract", "sample:coffee", "sample:chelsea", "--model",
                str(tiny_model_dir), "--out", str(out), "--cache-dir", str(cache)]
-    env = cli_env(PYTHONPATH=str(SRC))
+    env = cli_env()
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
              for cmd in (args, args, extract, extract)]
     for p in procs:

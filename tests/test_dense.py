@@ -30,6 +30,7 @@ def forward_of(backbone):
     return lambda pixels: forward_tokens(backbone, pixels, [0], False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("density", [2, 4])
 def test_dense_cells_are_the_tokens_of_their_shifted_windows(pixel_backbone, density):
     geometry, pixels = native_input(pixel_backbone, noise(16 * 4 + 5, 16 * 5 + 11))
@@ -75,6 +76,7 @@ def test_passes_are_interleaved_in_raster_order():
     assert centres[0] > 0 and centres[1] > centres[0]  # reflected padding keeps the edge cells in order
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size,density", [((83, 61), 2), ((37, 53), 4), ((500, 17), 2)])
 def test_dense_maps_land_on_the_cells_squares(pixel_backbone, size, density):
     w, h = size

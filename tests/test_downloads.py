@@ -7,16 +7,14 @@ through HF_ENDPOINT, as a user would); nothing leaves the machine.
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import build_vit
+from helpers import build_vit, cli_env, run_cli
 from dinoscope.errors import ModelError
 from dinoscope.models import load_model
 from dinoscope.models.loading import WeightsUnavailable
@@ -158,13 +156,12 @@ def test_an_interrupted_download_leaves_nothing_loadable_and_resumes(hub, timm_f
 
 
 def cli(args, env: dict, cwd: Path) -> subprocess.CompletedProcess:
-    src = Path(__file__).resolve().parents[1] / "src"
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}, **env,
-           "PYTHONPATH": str(src), "PYTHONUNBUFFERED": "1", "DINOSCOPE_CACHE": "off"}
-    return subprocess.run([sys.executable, "-m", "dinoscope", *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=300, check=False)
+    """The CLI against this test's own hub: none of this process's HF_* settings, no feature cache."""
+    env = cli_env(offline=False, drop_hf=True, **env, DINOSCOPE_CACHE="off")
+    return run_cli(*args, env=env, cwd=cwd, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_downloads_through_hf_endpoint_with_progress_and_says_which_copy(tmp_path, timm_files, plain_timm_files):
     plain = "timm/vit_small_patch16_dinov3.lvd1689m"
     with FakeHub() as fake:
@@ -191,6 +188,7 @@ def test_cli_downloads_through_hf_endpoint_with_progress_and_says_which_copy(tmp
     assert photo.getpixel((1, 1)) != (200, 0, 0)  # real weights: no random-weights tag
 
 
+@pytest.mark.slow
 def test_offline_demo_draws_labelled_random_weights_and_only_the_demo_does(tmp_path):
     offline = {"HF_HOME": str(tmp_path / "empty-hf"), "HF_HUB_OFFLINE": "1"}
     done = cli(["all", "-r", "long:64", "-o", "demo"], offline, tmp_path)

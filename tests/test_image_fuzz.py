@@ -132,6 +132,7 @@ def test_seeds_load():
             assert image.size in ((48, 32), (32, 48)), fmt
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize("fmt", sorted(SEEDS))
 @settings(
@@ -146,6 +147,7 @@ def test_mutated_files_load_or_raise_input_error(fmt, data):
     check(mutate(seed, mutations))
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore")
 @settings(max_examples=100, deadline=2000)
 @given(st.binary(max_size=512))
@@ -153,6 +155,7 @@ def test_random_bytes(blob):
     check(blob)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore")
 @settings(max_examples=60, deadline=2000)
 @given(fmt=st.sampled_from(sorted(SEEDS)), cut=st.integers(0, 10_000))

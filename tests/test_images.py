@@ -684,10 +684,10 @@ def test_image_digest(photo, tmp_path):
 
 
 def test_module_does_not_import_torch():
-    import subprocess
+    from helpers import cli_env, run_cli
 
     src = Path(images.__file__).resolve().parents[1]
     code = "import sys; import dinoscope.images; print('torch' in sys.modules)"
-    env = dict(os.environ, PYTHONPATH=str(src))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    out = run_cli("-c", code, module=None, env=cli_env(PYTHONPATH=str(src)))
+    assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"

@@ -5,13 +5,10 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 
-from conftest import cli_env
-
-SRC = Path(__file__).resolve().parents[1] / "src"
+from helpers import cli_env
 
 SLOW_WRITER = textwrap.dedent("""
     import sys, time
@@ -31,7 +28,7 @@ SLOW_WRITER = textwrap.dedent("""
 def test_interrupted_write_leaves_no_file(tmp_path, sig):
     target = tmp_path / "out.bin"
     proc = subprocess.Popen([sys.executable, "-c", SLOW_WRITER, str(target)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=cli_env(PYTHONPATH=str(SRC)))
+                            stderr=subprocess.PIPE, env=cli_env())
     for _ in range(5):
         proc.stdout.readline()  # the temporary file exists and is being written
     assert any(tmp_path.iterdir())
@@ -41,6 +38,7 @@ def test_interrupted_write_leaves_no_file(tmp_path, sig):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_cli_run_leaves_only_complete_files(tiny_model_dir, tmp_path, sig):
     from safetensors import safe_open
@@ -49,7 +47,7 @@ def test_interrupted_cli_run_leaves_only_complete_files(tiny_model_dir, tmp_path
     images = ["sample:chelsea", "sample:coffee", "sample:astronaut"] * 100
     proc = subprocess.Popen([sys.executable, "-m", "dinoscope", "extract", *images, "--model", str(tiny_model_dir),
                              "--out", str(out), "--resolution", "short:1024", "--max-tokens", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=cli_env(PYTHONPATH=str(SRC)))
+                            env=cli_env())
     deadline = time.time() + 120
     while time.time() < deadline and not (out.exists() and any(p.suffix == ".safetensors" and not p.name.startswith(".")
                                                                 for p in out.iterdir())):

@@ -44,6 +44,7 @@ def test_random_matrices(shape, seed):
     check(sims, *max_similarity_assignment(sims))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(400, 400), (250, 420), (420, 250)])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_near_degenerate_matrices(shape, seed):

@@ -5,16 +5,13 @@ All models are tiny, random and built from configs: nothing is downloaded."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import DEFAULT_ID, build_vit, cli_env
+from helpers import DEFAULT_ID, build_vit, run_cli
 
-SRC = Path(__file__).resolve().parents[1] / "src"
 FAMILIES = ("vit", "convnext", "dinov2", "dinov2reg")
 VITS = ("vit", "dinov2", "dinov2reg")
 
@@ -152,7 +149,7 @@ def test_layer_selection_equals_output_hidden_states(backbones, family):
     r = b.num_registers
     layers = [0, 1, -1, -2]
     raw = forward_tokens(b, px, [b.layer_index(i) for i in layers], False)
-    for i, (cls, regs, patches) in zip(layers, raw):
+    for i, (cls, _regs, patches) in zip(layers, raw):
         ref = out.hidden_states[b.layer_index(i) + 1]
         assert torch.allclose(cls, ref[:, 0], atol=1e-5)
         assert torch.allclose(patches.reshape(1, 12, -1), ref[:, 1 + r:], atol=1e-5)
@@ -285,7 +282,8 @@ def test_models_command_lists_everything(capsys):
 # the loader on every kind of source
 
 
-def test_short_name_and_hub_id_from_the_cache(offline_hub):
+@pytest.mark.slow
+def test_short_name_and_hub_id_from_the_cache(offline_hub_vitb16):
     from dinoscope.models import load_model
 
     by_name = load_model("vitb16", device="cpu")
@@ -500,30 +498,26 @@ def test_cli_refuses_a_large_model_with_exit_2(monkeypatch, capsys):
 # the command line (as users run it: a subprocess on the worktree code)
 
 
-def _cli(*args, hf_home=None, cwd=None):
-    env = cli_env(hf_home, PYTHONPATH=str(SRC))
-    return subprocess.run([sys.executable, "-m", "dinoscope", *args], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=300)
-
-
+@pytest.mark.slow
 def test_cli_unknown_model_and_offline_errors(hf_home, tmp_path):
     for args, expected in ((["norms", "-m", "vitb61"], "closest known names: vitb16"),
                            (["pca", "-m", "dinov2-small"], "not in the Hugging Face cache")):
-        run = _cli(*args, "--device", "cpu", "-o", str(tmp_path), hf_home=hf_home)
+        run = run_cli(*args, "--device", "cpu", "-o", str(tmp_path), hf_home=hf_home)
         assert run.returncode == 2, run.stderr
         assert run.stderr.count("\n") == 1 and expected in run.stderr and "Traceback" not in run.stderr
 
 
+@pytest.mark.slow
 def test_cli_attention_and_layers(family_dirs, tmp_path):
     from PIL import Image
 
-    run = _cli("attention", "sample:chelsea", "-m", str(family_dirs["vit"]), "--device", "cpu", "-r", "short:64",
+    run = run_cli("attention", "sample:chelsea", "-m", str(family_dirs["vit"]), "--device", "cpu", "-r", "short:64",
                "--layer", "-2", "--cell", "1,1", "-o", str(tmp_path))
     assert run.returncode == 0, run.stderr
     assert "layer 1, query patch" in run.stdout and "to the 3 registers" in run.stdout
     assert "register share per head" in run.stdout
     assert Image.open(tmp_path / "chelsea_attention_L1.png").width > 0
-    run = _cli("layers", "sample:chelsea", "-m", str(family_dirs["convnext"]), "--device", "cpu", "-r", "short:64",
+    run = run_cli("layers", "sample:chelsea", "-m", str(family_dirs["convnext"]), "--device", "cpu", "-r", "short:64",
                "--layers", "1,-1", "--show", "norms", "-o", str(tmp_path))
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "chelsea_layers_norms.png").exists()

@@ -40,6 +40,7 @@ def iou(a, b):
     return (a & b).sum() / (a | b).sum()
 
 
+@pytest.mark.slow
 def test_moving_shapes_are_followed(pixel_backbone):
     rng = np.random.default_rng(0)
     # a flat green with noise: on a static texture, the pixel model would match each background patch
@@ -68,7 +69,6 @@ def test_moving_shapes_are_followed(pixel_backbone):
 
 def test_the_radius_keeps_labels_from_jumping_across_the_frame():
     # frame 1 shows frame 0's object patch far away: without a radius the label jumps there
-    g = Geometry(16, 1, 12, (192, 16), (192, 16), False)
     base = torch.nn.functional.normalize(torch.randn(12, 6, generator=torch.Generator().manual_seed(0)), dim=1)
     frame0 = base.clone().reshape(1, 12, 6)
     frame1 = base.clone()

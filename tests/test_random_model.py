@@ -5,6 +5,7 @@ from dinoscope.errors import ModelError
 from dinoscope.models import load_model
 
 
+@pytest.mark.slow
 def test_random_models_are_deterministic_and_leave_the_global_rng_alone():
     torch.manual_seed(123)
     before = torch.get_rng_state()

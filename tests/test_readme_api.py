@@ -33,6 +33,7 @@ def twelve_block_model(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_the_readme_notebook_session_runs(twelve_block_model, tmp_path, monkeypatch):
     code = _python_api_block()
     assert code.count('"vitb16"') >= 2

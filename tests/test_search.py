@@ -25,6 +25,7 @@ def random_features(name_seed, rows=3, cols=4, dim=8, geometry=None):
                     torch.randn(geometry.rows, geometry.cols, dim, generator=g), geometry)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block_patches", [1, 200, 1 << 20])
 def test_the_hidden_copy_of_the_query_patch_is_the_top_hit(pixel_backbone, block_patches):
     query_image = noise(96, 128, seed=0)

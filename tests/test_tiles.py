@@ -28,6 +28,7 @@ def test_tiles_cover_the_grid_with_equal_tiles(rows, cols, tile, overlap):
     assert covered.min() >= 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("blend", ["discard", "blend"])
 def test_stitching_is_exact_for_a_local_model(pixel_backbone, blend):
     pixels = pixels_of(pixel_backbone, 16 * 7, 16 * 9)

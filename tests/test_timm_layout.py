@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import build_vit
+from helpers import build_vit, cli_env, run_cli
 from dinoscope.errors import ModelError
 from dinoscope.features import forward_tokens
 from dinoscope.models import load_model, lookup
@@ -48,13 +47,12 @@ def timm_references(tmp_path_factory) -> Path:
             pytest.fail(message)
         pytest.skip(message)
     out = tmp_path_factory.mktemp("timm-references")
-    env = dict(os.environ, PYTHONPATH=str(site))
-    done = subprocess.run([sys.executable, str(TESTS / "timm_reference.py"), str(out)], env=env,
-                          capture_output=True, text=True, timeout=600, check=False)
+    done = run_cli(TESTS / "timm_reference.py", out, module=None, env=cli_env(PYTHONPATH=str(site)))
     assert done.returncode == 0, done.stderr[-3000:]
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", REFERENCE_CASES)
 def test_tokens_equal_timms_own_model(timm_references, case):
     folder = timm_references / case
@@ -69,6 +67,7 @@ def test_tokens_equal_timms_own_model(timm_references, case):
     assert diff <= TOLERANCE
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides, architecture", [
     (dict(), "vit_base_patch16_dinov3_qkvb"),
     (dict(query_bias=False, value_bias=False), "vit_base_patch16_dinov3"),

@@ -12,10 +12,10 @@ import pytest
 
 pytest.importorskip("gradio", reason="the explorer needs the ui extra: pip install 'dinoscope[ui]'")
 
-from dinoscope import ui
-from dinoscope.analyses import CLS, PCABasis, Pixel
-from dinoscope.errors import InputError, ModelError
-from dinoscope.views import matches_view, norms_view, pca_view, similarity_view
+from dinoscope import ui  # noqa: E402
+from dinoscope.analyses import CLS, PCABasis, Pixel  # noqa: E402
+from dinoscope.errors import InputError, ModelError  # noqa: E402
+from dinoscope.views import matches_view, norms_view, pca_view, similarity_view  # noqa: E402
 
 
 @pytest.fixture
@@ -346,6 +346,7 @@ def test_guarded_wrapper_keeps_outputs_and_reports(engine):
     assert result[-1].startswith("error: load image A first")
 
 
+@pytest.mark.slow
 def test_cli_ui_serves_prints_its_address_and_stops_on_ctrl_c(tiny_model_dir, tmp_path):
     import os
     import signal
@@ -353,11 +354,11 @@ def test_cli_ui_serves_prints_its_address_and_stops_on_ctrl_c(tiny_model_dir, tm
     import sys
     import time
     import urllib.request
-    from pathlib import Path
 
-    src = Path(__file__).resolve().parent.parent / "src"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")]),
-               GRADIO_ANALYTICS_ENABLED="False", GRADIO_TEMP_DIR=str(tmp_path / "gradio"))
+    from helpers import SRC, cli_env
+
+    env = cli_env(PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+                  GRADIO_ANALYTICS_ENABLED="False", GRADIO_TEMP_DIR=str(tmp_path / "gradio"))
     proc = subprocess.Popen([sys.executable, "-m", "dinoscope", "ui", "--port", "0", "--model", str(tiny_model_dir),
                              "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:

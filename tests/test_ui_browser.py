@@ -25,7 +25,8 @@ from ui_helpers import (
     served,
 )
 
-pytestmark = pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")  # inside Gradio, with pandas 3
+pytestmark = [pytest.mark.browser, pytest.mark.slow,
+              pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]  # inside Gradio, with pandas 3
 IN_CI = bool(os.environ.get("CI"))
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 

@@ -3,13 +3,14 @@
 import pytest
 import torch
 
-from conftest import build_vit
+from helpers import build_vit
 from dinoscope.features import extract_batch, forward_tokens
 from dinoscope.models import load_model
 from dinoscope.models.loading import describe
 from dinoscope.models.vit import DINOv3ViT
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [
     {},
     {"num_register_tokens": 0, "layerscale_value": 0.1},

@@ -131,7 +131,7 @@ class _Worker:
         if scratch:
             cache = LayeredCache(FeatureCache(scratch, max_bytes=1 << 62), cache)
         self.extractor = Extractor(**settings, cache=cache)
-        self.extractor.backbone  # load the model now, once per actor
+        self.extractor.backbone  # noqa: B018 - load the model now, once per actor
         self.out = Path(out)
 
     def run(self, job: Job, sources: list, names: list, accumulator: StreamingPCA | None, made: dict | None):

@@ -236,8 +236,8 @@ def check(opts: Options, names=None) -> None:
     if "device" in names:
         from ..models.loading import dtype_name, resolve_device
 
-        if str(opts.device).lower() not in ("auto", "cpu"):  # these always resolve: a cached rerun stays torch-free
-            resolve_device(opts.device)
+        if (opts.device or "auto").lower() not in ("auto", "cpu"):  # those always exist: no torch import needed
+            resolve_device(opts.device)  # (a cached rerun stays torch-free)
         dtype_name(opts.dtype)
 
 
