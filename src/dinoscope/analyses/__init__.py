@@ -7,7 +7,7 @@ theirs (and torch) when first named. The same names are imported plainly for edi
 
 from __future__ import annotations
 
-import importlib
+from ..lazy import exports
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -29,14 +29,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = exports(__name__, _EXPORTS, __all__)

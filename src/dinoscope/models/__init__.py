@@ -6,7 +6,7 @@ import torch; the same names are imported plainly for editors and type checkers.
 
 from __future__ import annotations
 
-import importlib
+from ..lazy import exports
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -20,14 +20,4 @@ _EXPORTS = {"DEFAULT_MODEL": "registry", "Backbone": "loading", "available_memor
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = exports(__name__, _EXPORTS, __all__)

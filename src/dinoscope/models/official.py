@@ -283,48 +283,14 @@ def _analyse_vit(official_sd: Mapping[str, torch.Tensor], layer_norm_eps: float)
         raise ModelError("checkpoint has no 'blocks.N.*' weights; pass a complete official DINOv3 ViT checkpoint")
     depth = blocks[-1] + 1
 
-    periods = _need(sd, "rope_embed.periods", "RoPE periods, needed to know the number of heads")
-    n_periods = int(periods.numel())
-    head_dim = 4 * n_periods
-    if n_periods == 0 or hidden % head_dim:
-        raise ModelError(
-            f"rope_embed.periods has {n_periods} entries, so head_dim would be {head_dim}, which does not divide "
-            f"the width {hidden}; the checkpoint is inconsistent"
-        )
-    if torch.arange(0, 1, 4 / head_dim, dtype=torch.float32).numel() != n_periods:
-        raise ModelError(
-            f"head_dim {head_dim} hits a rounding limit of transformers' DINOv3 RoPE, so this checkpoint cannot be "
-            f"converted; use the official dinov3 code for it"
-        )
-    theta = _rope_theta(periods)
-
-    registers = 0
-    if "storage_tokens" in sd:
-        st = sd["storage_tokens"]
-        if st.ndim != 3 or st.shape[0] != 1 or st.shape[2] != hidden:
-            raise ModelError(f"storage_tokens has shape {tuple(st.shape)}, expected (1, R, {hidden}); "
-                             f"the checkpoint is inconsistent")
-        registers = int(st.shape[1])
+    head_dim, theta = _vit_rope(sd, hidden)
+    registers = _vit_registers(sd, hidden)
 
     keys = set(sd)
     arch = _VitArch()
     arch.layerscale = any(f"blocks.{i}.ls1.gamma" in keys or f"blocks.{i}.ls2.gamma" in keys for i in blocks)
     arch.has_qkv_bias = any(f"blocks.{i}.attn.qkv.bias" in keys for i in blocks)
-    gated = any(f"blocks.{i}.mlp.w1.weight" in keys for i in blocks)
-    plain = any(f"blocks.{i}.mlp.fc1.weight" in keys for i in blocks)
-    if gated and plain:
-        raise ModelError("checkpoint mixes SwiGLU (mlp.w1/w2/w3) and plain (mlp.fc1/fc2) blocks; it is inconsistent")
-    if not gated and not plain:
-        raise ModelError("checkpoint has neither mlp.fc1 nor mlp.w1 weights in its blocks; pass a complete "
-                         "official DINOv3 ViT checkpoint")
-    first = blocks[0]
-    up = sd.get(f"blocks.{first}.mlp.w1.weight" if gated else f"blocks.{first}.mlp.fc1.weight")
-    if up is None:
-        name = "w1" if gated else "fc1"
-        raise _key_problem("DINOv3 ViT", [f"blocks.{first}.mlp.{name}.weight"], [])
-    intermediate = int(up.shape[0])
-    mlp_names = ("w1", "w2", "w3") if gated else ("fc1", "fc2")
-    mlp_bias = any(f"blocks.{i}.mlp.{n}.bias" in keys for i in blocks for n in mlp_names)
+    gated, intermediate, mlp_bias = _vit_mlp(sd, blocks)
     proj_bias = any(f"blocks.{i}.attn.proj.bias" in keys for i in blocks)
     rms = any(f"blocks.{i}.norm1.weight" in keys and f"blocks.{i}.norm1.bias" not in keys for i in blocks)
     if rms or ("norm.weight" in keys and "norm.bias" not in keys):
@@ -359,6 +325,53 @@ def _analyse_vit(official_sd: Mapping[str, torch.Tensor], layer_norm_eps: float)
         num_register_tokens=registers,
     )
     return sd, config, arch
+
+
+def _vit_rope(sd: Mapping[str, torch.Tensor], hidden: int) -> tuple[int, float]:
+    """Head width and RoPE base from the stored periods (the checkpoint names no head count)."""
+    periods = _need(sd, "rope_embed.periods", "RoPE periods, needed to know the number of heads")
+    n_periods = int(periods.numel())
+    head_dim = 4 * n_periods
+    if n_periods == 0 or hidden % head_dim:
+        raise ModelError(
+            f"rope_embed.periods has {n_periods} entries, so head_dim would be {head_dim}, which does not divide "
+            f"the width {hidden}; the checkpoint is inconsistent"
+        )
+    if torch.arange(0, 1, 4 / head_dim, dtype=torch.float32).numel() != n_periods:
+        raise ModelError(
+            f"head_dim {head_dim} hits a rounding limit of transformers' DINOv3 RoPE, so this checkpoint cannot be "
+            f"converted; use the official dinov3 code for it"
+        )
+    return head_dim, _rope_theta(periods)
+
+
+def _vit_registers(sd: Mapping[str, torch.Tensor], hidden: int) -> int:
+    if "storage_tokens" not in sd:
+        return 0
+    st = sd["storage_tokens"]
+    if st.ndim != 3 or st.shape[0] != 1 or st.shape[2] != hidden:
+        raise ModelError(f"storage_tokens has shape {tuple(st.shape)}, expected (1, R, {hidden}); "
+                         f"the checkpoint is inconsistent")
+    return int(st.shape[1])
+
+
+def _vit_mlp(sd: Mapping[str, torch.Tensor], blocks: list[int]) -> tuple[bool, int, bool]:
+    """(SwiGLU?, hidden width of the MLP, biases?) of the blocks' MLPs."""
+    keys = set(sd)
+    gated = any(f"blocks.{i}.mlp.w1.weight" in keys for i in blocks)
+    plain = any(f"blocks.{i}.mlp.fc1.weight" in keys for i in blocks)
+    if gated and plain:
+        raise ModelError("checkpoint mixes SwiGLU (mlp.w1/w2/w3) and plain (mlp.fc1/fc2) blocks; it is inconsistent")
+    if not gated and not plain:
+        raise ModelError("checkpoint has neither mlp.fc1 nor mlp.w1 weights in its blocks; pass a complete "
+                         "official DINOv3 ViT checkpoint")
+    first = blocks[0]
+    up = sd.get(f"blocks.{first}.mlp.w1.weight" if gated else f"blocks.{first}.mlp.fc1.weight")
+    if up is None:
+        name = "w1" if gated else "fc1"
+        raise _key_problem("DINOv3 ViT", [f"blocks.{first}.mlp.{name}.weight"], [])
+    mlp_names = ("w1", "w2", "w3") if gated else ("fc1", "fc2")
+    return gated, int(up.shape[0]), any(f"blocks.{i}.mlp.{n}.bias" in keys for i in blocks for n in mlp_names)
 
 
 def _rope_theta(periods: torch.Tensor) -> float:
@@ -596,20 +609,7 @@ def transformers_to_official(model_or_state_dict, config=None, *, layerscale: bo
         for norm in ("norm1", "norm2"):
             out[b + f"{norm}.weight"] = take(h + f"{norm}.weight")
             out[b + f"{norm}.bias"] = take(h + f"{norm}.bias")
-        weights = [take(h + f"attention.{p}.weight") for p in ("q_proj", "k_proj", "v_proj")]
-        out[b + "attn.qkv.weight"] = torch.cat(weights, dim=0)
-        biases = [sd.get(h + f"attention.{p}.bias") for p in ("q_proj", "k_proj", "v_proj")]
-        if any(x is not None for x in biases):
-            like = next(x for x in biases if x is not None)
-            filled = [x if x is not None else torch.zeros_like(like) for x in biases]
-            out[b + "attn.qkv.bias"] = torch.cat(filled, dim=0)
-            if biases[1] is None:  # official "mask_k_bias": a buffer zeroes the key third of the bias
-                bias_mask = torch.ones(3 * hidden, dtype=like.dtype)
-                bias_mask[hidden:2 * hidden] = 0
-                out[b + "attn.qkv.bias_mask"] = bias_mask
-        out[b + "attn.proj.weight"] = take(h + "attention.o_proj.weight")
-        if h + "attention.o_proj.bias" in sd:
-            out[b + "attn.proj.bias"] = sd[h + "attention.o_proj.bias"]
+        out.update(_official_attention(sd, take, b, h, hidden))
         for ls, hf_ls in (("ls1", "layer_scale1"), ("ls2", "layer_scale2")):
             lam = take(h + f"{hf_ls}.lambda1")
             if layerscale:
@@ -624,6 +624,26 @@ def transformers_to_official(model_or_state_dict, config=None, *, layerscale: bo
     out["norm.weight"] = take("norm.weight")
     out["norm.bias"] = take("norm.bias")
     return {k: v.detach().clone().contiguous() for k, v in out.items()}
+
+
+def _official_attention(sd: Mapping[str, torch.Tensor], take, b: str, h: str, hidden: int) -> dict[str, torch.Tensor]:
+    """One block's attention in the official layout: q/k/v fused into qkv, a missing key bias masked."""
+    out = {}
+    weights = [take(h + f"attention.{p}.weight") for p in ("q_proj", "k_proj", "v_proj")]
+    out[b + "attn.qkv.weight"] = torch.cat(weights, dim=0)
+    biases = [sd.get(h + f"attention.{p}.bias") for p in ("q_proj", "k_proj", "v_proj")]
+    if any(x is not None for x in biases):
+        like = next(x for x in biases if x is not None)
+        filled = [x if x is not None else torch.zeros_like(like) for x in biases]
+        out[b + "attn.qkv.bias"] = torch.cat(filled, dim=0)
+        if biases[1] is None:  # official "mask_k_bias": a buffer zeroes the key third of the bias
+            bias_mask = torch.ones(3 * hidden, dtype=like.dtype)
+            bias_mask[hidden:2 * hidden] = 0
+            out[b + "attn.qkv.bias_mask"] = bias_mask
+    out[b + "attn.proj.weight"] = take(h + "attention.o_proj.weight")
+    if h + "attention.o_proj.bias" in sd:
+        out[b + "attn.proj.bias"] = sd[h + "attention.o_proj.bias"]
+    return out
 
 
 def _canonical_hf_vit(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
