@@ -13,6 +13,7 @@ from dinoscope.analyses.segments import cosegment
 from dinoscope.errors import InputError
 from dinoscope.sheets import palette, segments_view
 from dinoscope.ui import insights as tabs
+from dinoscope.ui.state import DETAILS
 
 
 @pytest.fixture
@@ -114,9 +115,10 @@ def test_tabs_are_wired_and_errors_stay_in_the_page(engine):
     app = ui.build_app(engine=engine)
     fns = {getattr(b, "api_name", None): b for b in app.fns.values()}
     assert {"segments", "search"} <= set(fns)
-    result = fns["search"].fn(ui.Session(), engine.default_label, "native", -1, tabs.IN_B, 20)
+    result = fns["search"].fn(ui.Session(), engine.default_label, "native", -1, DETAILS[0], tabs.IN_B, 20)
     assert result[-1].startswith("error: click a point on image A")
-    result = fns["segments"].fn(ui.Session(), engine.default_label, "native", -1, 4, False, False, False, 0.6)
+    result = fns["segments"].fn(ui.Session(), engine.default_label, "native", -1, DETAILS[0], 4, False, False, False,
+                                 0.6)
     assert result[-1].startswith("error: load image A first")
 
 
