@@ -70,3 +70,13 @@ def pixel_backbone():
 def _private_feature_cache(tmp_path_factory, monkeypatch):
     """Keep the CLI's default feature cache out of the user's home during tests."""
     monkeypatch.setenv("DINOSCOPE_CACHE", str(tmp_path_factory.getbasetemp() / "dinoscope-cache"))
+
+
+@pytest.fixture
+def engine(tiny_model_dir, tmp_path):
+    """The explorer's server state (no gradio) on the tiny model, with no disk cache."""
+    from dinoscope import ui
+
+    e = ui.Engine(tiny_model_dir, device="cpu", disk_cache=False, workdir=tmp_path)
+    yield e
+    e.close()

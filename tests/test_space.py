@@ -1,16 +1,14 @@
 """The Hugging Face Space app (space/): starts offline from the HF cache and serves the explorer's page."""
 
 import re
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from helpers import cli_env
+from ui_helpers import fetch_served_page_then_interrupt
 
 pytest.importorskip("gradio")
 
@@ -30,20 +28,4 @@ def test_space_app_serves_the_explorer_offline(hf_home, tmp_path):
     env.pop("SPACE_ID", None)
     proc = subprocess.Popen([sys.executable, str(ROOT / "space" / "app.py")], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
-    try:
-        deadline, line = time.monotonic() + 120, ""
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if line.startswith("dinoscope explorer: ") or proc.poll() is not None:
-                break
-        assert line.startswith("dinoscope explorer: http://127.0.0.1:"), (line, proc.poll())
-        with urllib.request.urlopen(line.split()[2], timeout=20) as response:
-            assert response.status == 200 and b"dinoscope" in response.read()
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            rc = proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-    assert rc in (0, 130), proc.stderr.read()[-2000:]
+    fetch_served_page_then_interrupt(proc, wait=120)

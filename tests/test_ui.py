@@ -18,13 +18,6 @@ from dinoscope.errors import InputError, ModelError  # noqa: E402
 from dinoscope.views import matches_view, norms_view, pca_view, similarity_view  # noqa: E402
 
 
-@pytest.fixture
-def engine(tiny_model_dir, tmp_path):
-    e = ui.Engine(tiny_model_dir, device="cpu", disk_cache=False, workdir=tmp_path)
-    yield e
-    e.close()
-
-
 def _settings(engine):
     return ui.Settings(engine.default_label)
 
@@ -349,37 +342,17 @@ def test_guarded_wrapper_keeps_outputs_and_reports(engine):
 @pytest.mark.slow
 def test_cli_ui_serves_prints_its_address_and_stops_on_ctrl_c(tiny_model_dir, tmp_path):
     import os
-    import signal
     import subprocess
     import sys
-    import time
-    import urllib.request
 
     from helpers import SRC, cli_env
+    from ui_helpers import fetch_served_page_then_interrupt
 
     env = cli_env(PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
                   GRADIO_ANALYTICS_ENABLED="False", GRADIO_TEMP_DIR=str(tmp_path / "gradio"))
     proc = subprocess.Popen([sys.executable, "-m", "dinoscope", "ui", "--port", "0", "--model", str(tiny_model_dir),
                              "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        deadline = time.monotonic() + 90
-        line = ""
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if line.startswith("dinoscope explorer: ") or proc.poll() is not None:
-                break
-        assert line.startswith("dinoscope explorer: http://127.0.0.1:"), (line, proc.poll())
-        url = line.split()[2]
-        with urllib.request.urlopen(url, timeout=10) as response:
-            assert response.status == 200 and b"dinoscope" in response.read()
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            rc = proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-    assert rc in (0, 130), proc.stderr.read()[-2000:]
+    fetch_served_page_then_interrupt(proc, wait=90)
 
 
 def test_cli_ui_without_gradio_or_bad_port_is_one_line(monkeypatch, capsys):

@@ -16,13 +16,6 @@ from dinoscope.ui import insights as tabs
 from dinoscope.ui.state import DETAILS
 
 
-@pytest.fixture
-def engine(tiny_model_dir, tmp_path):
-    e = ui.Engine(tiny_model_dir, device="cpu", disk_cache=False, workdir=tmp_path)
-    yield e
-    e.close()
-
-
 def _settings(engine):
     return ui.Settings(engine.default_label)
 

@@ -62,3 +62,30 @@ def pick_sample(page, slot: str, name: str) -> None:
     page.click(f"#sample-{slot} input")
     page.get_by_role("option", name=name, exact=True).first.click()
     page.wait_for_selector(f"#image-{slot} img", timeout=30_000)
+
+
+def fetch_served_page_then_interrupt(proc, *, wait: float = 120) -> None:
+    """Wait for the "dinoscope explorer: URL" line of a started explorer process, fetch its page, then stop
+    it with Ctrl+C; the page must be dinoscope's and the process must end cleanly."""
+    import signal
+    import subprocess
+    import time
+    import urllib.request
+
+    try:
+        deadline, line = time.monotonic() + wait, ""
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if line.startswith("dinoscope explorer: ") or proc.poll() is not None:
+                break
+        assert line.startswith("dinoscope explorer: http://127.0.0.1:"), (line, proc.poll())
+        with urllib.request.urlopen(line.split()[2], timeout=20) as response:
+            assert response.status == 200 and b"dinoscope" in response.read()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            rc = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert rc in (0, 130), proc.stderr.read()[-2000:]
