@@ -106,3 +106,31 @@ def test_search_sources_tell_extract_folders_ray_shards_and_images_apart(tmp_pat
         open_collection(tmp_path / "nope")
     with pytest.raises(InputError, match="needs a model"):
         next(open_collection(images).features())
+
+
+def test_pictures_of_random_weights_are_tagged_and_real_ones_are_not():
+    """Segments and contact sheets from a random model carry the red "random weights" tag (issue 10)."""
+    import torch
+
+    from dinoscope.insights import hits_sheet, segments_pictures
+    from dinoscope.tokens import Features
+
+    geometry, _ = Geometry.for_image(96, 64, 16, Resolution())
+    patches = torch.zeros(4, 6, 3)
+    patches[:, :3, 0] = 1
+    patches[:, 3:, 2] = 1
+
+    def features(model):
+        return Features(torch.zeros(3), torch.zeros(0, 3), patches, geometry, model=model)
+
+    photo = _photo(48)
+    corner = (2, 2)  # inside the tag, which starts at the top-left corner
+    for model, tagged in (("random:vits16", True), ("facebook/dinov3-vits16-pretrain-lvd1689m", False)):
+        _, (picture,) = segments_pictures([features(model)], [photo], k=2, alpha=0.0)
+        hit = Hit("a", 0, 0, 0, (0, 0, 16, 16), 1.0, geometry)
+        sheet = hits_sheet([hit], lambda name: photo, made_from=[features(model)])
+        for drawn, plain in ((picture, photo), (sheet, None)):
+            pixel = drawn.convert("RGB").getpixel(corner)
+            assert (pixel == (200, 0, 0)) is tagged, (model, pixel)
+            if plain is not None and not tagged:
+                assert pixel == plain.getpixel(corner)

@@ -19,6 +19,7 @@ from .analyses.segments import BACKGROUND, Segments, cosegment
 from .analyses.upsample import upsample
 from .errors import InputError
 from .sheets import mask_view, palette, search_sheet, segments_view
+from .views import finished
 
 HIT_COLUMNS = ("image", "row", "col", "x0", "y0", "x1", "y1", "score")
 MISSING_PHOTO = (128, 128, 128)
@@ -49,7 +50,7 @@ def segments_pictures(features: Sequence, images: Sequence[Image.Image], k: int 
     else:
         pictures = [segments_view(labels, f.geometry, image, alpha=alpha, colours=colours)
                     for labels, f, image in zip(segments.labels, features, images)]
-    return segments, pictures
+    return segments, [finished(picture, f) for picture, f in zip(pictures, features)]
 
 
 def sharp_labels(labels, geometry, photo: Image.Image, k: int) -> np.ndarray:
@@ -86,15 +87,16 @@ def search_hits(query_features, query, sources: Iterable, *, top: int = 20, excl
 
 
 def hits_sheet(hits: Sequence[Hit], photo_of: Callable[[str], Image.Image | None], *, query=None, columns: int = 5,
-               tile: int = 160) -> Image.Image:
+               tile: int = 160, made_from: Sequence = ()) -> Image.Image:
     """The contact sheet of `hits`: each photo is asked for once; a hit whose photo is unknown is drawn on
-    grey at the image's size (the box still shows where it matched). `query` is (photo, box) or None."""
+    grey at the image's size (the box still shows where it matched). `query` is (photo, box) or None;
+    `made_from` are the Features behind it (a random model's sheet is tagged)."""
     photos: dict[str, Image.Image] = {}
     for hit in hits:
         if hit.name not in photos:
             photo = photo_of(hit.name)
             photos[hit.name] = photo if photo is not None else Image.new("RGB", hit.geometry.image_size, MISSING_PHOTO)
-    return search_sheet(hits, photos, columns=columns, tile=tile, query=query)
+    return finished(search_sheet(hits, photos, columns=columns, tile=tile, query=query), *made_from)
 
 
 def hits_table(hits: Sequence[Hit]) -> list[list]:

@@ -128,7 +128,8 @@ def search(
         query = feats.geometry.index(feats.geometry.rows // 2, feats.geometry.cols // 2)
     exclude = [] if include_query else [n for n, s in collection.sources.items() if _same_file(s, query_image)]
     index, hits = search_hits(feats, query, collection.features(extractor), top=top, exclude=exclude)
-    sheet = hits_sheet(hits, collection.photo, query=(image, feats.geometry.box(index)), columns=columns)
+    sheet = hits_sheet(hits, collection.photo, query=(image, feats.geometry.box(index)), columns=columns,
+                       made_from=[feats])
     name = stem(query_image)
     save_together({f"{name}_search_sheet.png": sheet, f"{name}_search_hits.csv": hits_csv(hits)}, opts.out)
     best = hits[0]
@@ -164,6 +165,7 @@ def atlas(
     """
     from ..analyses.atlas import cka_matrix
     from ..sheets import atlas_sheet, cka_heatmap, labelled_grid
+    from ..views import finished
 
     if outlier_k <= 0:
         raise InputError(f"--outlier-k must be positive, not {outlier_k}")
@@ -175,7 +177,8 @@ def atlas(
     rows = [_atlas_row(replace(opts, model=name), source, wanted, outlier_k, attention) for name in names]
     labels = [_short_model(name) for name in names]
     columns = _column_labels(rows)
-    sheet = atlas_sheet([r["features"] for r in rows], labels, columns)
+    every = [f for r in rows for f in r["features"]]
+    sheet = finished(atlas_sheet([r["features"] for r in rows], labels, columns), *every)
     for r in rows:
         r["cka"] = cka_matrix(r["features"], debiased=debiased)
     heatmaps = [cka_heatmap(r["cka"], [f"{b}" for b in r["blocks"]]) for r in rows]
@@ -185,7 +188,7 @@ def atlas(
         model_cka = cka_matrix([r["features"][-1] for r in rows], debiased=debiased)
         heatmaps.append(cka_heatmap(model_cka, labels))
         titles.append("models, last block")
-    picture = labelled_grid([heatmaps], [""], titles)
+    picture = finished(labelled_grid([heatmaps], [""], titles), *every)
     numbers = _atlas_numbers(source, rows, labels, model_cka, debiased, outlier_k)
     name = stem(image)
     save_together({f"{name}_atlas.png": sheet, f"{name}_cka.png": picture,
@@ -347,6 +350,7 @@ def _propagate_video(clip: Path, labels, colours, extractor, settings, out: Path
     from ..analyses.propagation import grid_to_pixels, iter_propagation, mask_grid
     from ..files import safe_name
     from ..sheets import mask_view
+    from ..views import finished
     from ..video import VideoWriter, _features, iter_frames
 
     name = safe_name(clip.stem, "video")
@@ -359,15 +363,15 @@ def _propagate_video(clip: Path, labels, colours, extractor, settings, out: Path
 
     def features():  # remembers the frame whose features iter_propagation is working on
         for frame, feats in chain([first], pairs):
-            shown["frame"], shown["geometry"] = frame, feats.geometry
+            shown["frame"], shown["features"] = frame, feats
             yield feats
 
     palette = colours.astype("uint8").reshape(-1).tolist()
     with contextlib.ExitStack() as stack:
         video = stack.enter_context(VideoWriter(out / f"{name}_propagated.mp4", fps))
         for i, probs in enumerate(iter_propagation(features(), first_grid, settings)):
-            predicted = labels if i == 0 else grid_to_pixels(probs, shown["geometry"])
-            video.write(mask_view(predicted, colours, shown["frame"], alpha=alpha))
+            predicted = labels if i == 0 else grid_to_pixels(probs, shown["features"].geometry)
+            video.write(finished(mask_view(predicted, colours, shown["frame"], alpha=alpha), shown["features"]))
             png = Image.fromarray(predicted.astype("uint8"), "P")
             png.putpalette(palette)
             png.save(stack.enter_context(atomic_path(out / f"{name}_masks" / f"frame_{i * stride + 1:05d}.png")),

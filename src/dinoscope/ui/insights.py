@@ -80,7 +80,7 @@ def search(engine: Engine, session: Session, settings: Settings, *, scope: str =
                                   layer=settings.layer, max_pixels=engine.max_pixels, cache=engine.disk_cache)
             index, hits = search_hits(feats, Pixel(x, y), collection.features(extractor), top=top)
         photo_of = collection.photo
-    sheet = hits_sheet(hits, photo_of, query=(a.image, feats.geometry.box(index)))
+    sheet = hits_sheet(hits, photo_of, query=(a.image, feats.geometry.box(index)), made_from=[feats])
     ms = (time.perf_counter() - started) * 1000
     message = (f"{len(hits)} patches most like patch {index} of image A in {scope}; best {hits[0].name} "
                f"({hits[0].row},{hits[0].col}) {hits[0].score:.3f} ({ms:.0f} ms)")
