@@ -220,6 +220,7 @@ def test_all_on_the_samples_matches_each_against_the_given_image(cli, tiny_model
     assert matches == ["astronaut_coffee_matches_hungarian.png", "chelsea_coffee_matches_hungarian.png"]
 
 
+@pytest.mark.slow  # a subprocess
 def test_extract_to_a_named_file_with_normal_permissions(tiny_model_dir, tmp_path):
     import os
     import stat
@@ -241,6 +242,7 @@ def test_help_shows_bracketed_extras(command, extra):
     assert result.returncode == 0 and f"dinoscope[{extra}]" in result.stdout.replace("\n", "")
 
 
+@pytest.mark.slow  # a subprocess
 def test_progress_status_and_summary_on_request_quiet_otherwise(tiny_model_dir, tmp_path):
     common = ["norms", "sample:chelsea", "--model", tiny_model_dir, "--out", tmp_path, "--no-cache"]
     quiet = run_cli(*common)

@@ -232,7 +232,7 @@ def _fits_by(user: str, collection: Path, model, tmp_path: Path):
             PCABasis.load(tmp_path / "shuffled" / "pca_basis.safetensors"))
 
 
-@pytest.mark.parametrize("user", ["library", "collection", "video", "ray"])
+@pytest.mark.parametrize("user", ["library", "collection", "video", pytest.param("ray", marks=pytest.mark.ray)])
 def test_every_streamed_fit_equals_the_fit_on_all_patches_and_ignores_order(user, collection, tiny_model_dir,
                                                                              tmp_path):
     streamed, whole, reordered = _fits_by(user, collection, tiny_model_dir, tmp_path)

@@ -137,7 +137,7 @@ def test_errors_say_what_happened_and_nothing_else_is_substituted(hub, timm_file
     assert notices(caplog) == []
 
 
-@pytest.mark.parametrize("mode", ["broken", "stall"])
+@pytest.mark.parametrize("mode", ["broken", pytest.param("stall", marks=pytest.mark.slow)])
 def test_an_interrupted_download_leaves_nothing_loadable_and_resumes(hub, timm_files, monkeypatch, mode):
     hub.add(OPEN, mode, timm_files)
     with pytest.raises(ModelError) as failure:

@@ -192,6 +192,7 @@ def test_leftovers_of_dead_writers_are_cleaned_and_nothing_else(photos, tiny_mod
     assert all(p.exists() for p in kept)
 
 
+@pytest.mark.slow  # a subprocess
 def test_kill_9_leftovers_are_cleaned_by_the_next_run(photos, tiny_model_dir, tmp_path):
     out = tmp_path / "out"
     for i in range(4, 40):

@@ -22,6 +22,7 @@ def test_space_files_declare_the_app_and_its_requirements():
     assert "dinoscope[ui]" in requirements and "torch" in requirements
 
 
+@pytest.mark.slow  # a subprocess
 def test_space_app_serves_the_explorer_offline(hf_home, tmp_path):
     env = cli_env(hf_home, PYTHONPATH=str(ROOT / "src"), PORT="0", GRADIO_ANALYTICS_ENABLED="False",
                   GRADIO_TEMP_DIR=str(tmp_path / "gradio"))
