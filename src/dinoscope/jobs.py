@@ -121,7 +121,7 @@ def write_object(obj, tmp: Path) -> None:
     if isinstance(obj, Image.Image):
         obj.save(tmp, format={".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}.get(tmp.suffix.lower(), "PNG"))
     else:
-        obj.save(tmp)  # Features
+        tmp.write_bytes(obj.to_bytes())  # Features; `tmp` is already temporary, so no second atomic write
 
 
 def _plain(value):

@@ -74,12 +74,16 @@ class Features:
             "extra": json.dumps(self.extra),
         }
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write a .safetensors file: keys cls, registers, patches; geometry and provenance in the metadata."""
+    def to_bytes(self) -> bytes:
+        """The .safetensors file's bytes: keys cls, registers, patches; geometry and provenance in the metadata."""
         # written from NumPy: the same bytes as safetensors.torch writes for float32, without importing torch
         tensors = {"cls": _as_array(self.cls), "registers": _as_array(self.registers),
                    "patches": _as_array(self.patches)}
-        data = serialize(tensors, metadata=self.metadata())
+        return serialize(tensors, metadata=self.metadata())
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write a .safetensors file (see `to_bytes`), atomically."""
+        data = self.to_bytes()
         with atomic_path(path) as tmp:
             tmp.write_bytes(data)  # written by Python, so a full disk is an OSError with its errno
         return Path(path)
