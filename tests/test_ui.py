@@ -12,38 +12,31 @@ import pytest
 
 pytest.importorskip("gradio", reason="the explorer needs the ui extra: pip install 'dinoscope[ui]'")
 
-from dinoscope import ui  # noqa: E402
+from dinoscope import ui
+from ui_helpers import default_settings, same_pixels  # noqa: E402
 from dinoscope.analyses import CLS, PCABasis, Pixel  # noqa: E402
 from dinoscope.errors import InputError, ModelError  # noqa: E402
 from dinoscope.views import matches_view, norms_view, pca_view, similarity_view  # noqa: E402
-
-
-def _settings(engine):
-    return ui.Settings(engine.default_label)
-
-
-def _same(a, b):
-    return np.array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_click_draws_the_library_picture_and_second_click_runs_no_model(engine):
     s = ui.Session()
     s, shown, msg = ui.load_sample(engine, s, "chelsea", "A")
     assert "chelsea" in msg and shown.size == s.slots["A"].image.size
-    s, pic1, msg1 = ui.similarity(engine, s, _settings(engine), "A", 100, 80)
+    s, pic1, msg1 = ui.similarity(engine, s, default_settings(engine), "A", 100, 80)
     assert engine.forward_passes == 1 and "pixel (100, 80)" in msg1
     feats = engine.features(engine.default_label, s.slots["A"], "native")
-    assert _same(pic1, similarity_view(feats, Pixel(100, 80), s.slots["A"].image))
+    assert same_pixels(pic1, similarity_view(feats, Pixel(100, 80), s.slots["A"].image))
     for x, y in ((10, 10), (300, 200), (440, 280)):
-        s, pic, _ = ui.similarity(engine, s, _settings(engine), "A", x, y, alpha=0.3, cmap="viridis")
-        assert _same(pic, similarity_view(feats, Pixel(x, y), s.slots["A"].image, alpha=0.3, cmap="viridis"))
-    s, pic, msg = ui.similarity(engine, s, _settings(engine), "A", 450, 299)  # uncovered margin: nearest patch
-    assert "nearest patch" in msg and _same(pic, similarity_view(feats, Pixel(447, 287), s.slots["A"].image))
-    s, pic_cls, msg = ui.similarity(engine, s, _settings(engine), "A")  # the CLS button
-    assert "CLS" in msg and _same(pic_cls, similarity_view(feats, CLS, s.slots["A"].image))
+        s, pic, _ = ui.similarity(engine, s, default_settings(engine), "A", x, y, alpha=0.3, cmap="viridis")
+        assert same_pixels(pic, similarity_view(feats, Pixel(x, y), s.slots["A"].image, alpha=0.3, cmap="viridis"))
+    s, pic, msg = ui.similarity(engine, s, default_settings(engine), "A", 450, 299)  # uncovered margin: nearest patch
+    assert "nearest patch" in msg and same_pixels(pic, similarity_view(feats, Pixel(447, 287), s.slots["A"].image))
+    s, pic_cls, msg = ui.similarity(engine, s, default_settings(engine), "A")  # the CLS button
+    assert "CLS" in msg and same_pixels(pic_cls, similarity_view(feats, CLS, s.slots["A"].image))
     assert engine.forward_passes == 1  # every click after the first forward pass used the cache
-    ui.norms(engine, s, _settings(engine))
-    ui.pca(engine, s, _settings(engine))
+    ui.norms(engine, s, default_settings(engine))
+    ui.pca(engine, s, default_settings(engine))
     assert engine.forward_passes == 1
 
 
@@ -51,7 +44,7 @@ def test_cache_key_includes_model_resolution_and_layer_and_is_bounded(tiny_model
     e = ui.Engine(tiny_model_dir, device="cpu", disk_cache=False, workdir=tmp_path, max_entries=2)
     s = ui.Session()
     ui.load_sample(e, s, "chelsea", "A")
-    ui.similarity(e, s, _settings(e), "A", 5, 5)
+    ui.similarity(e, s, default_settings(e), "A", 5, 5)
     ui.similarity(e, s, ui.Settings(e.default_label, "short:224"), "A", 5, 5)
     ui.similarity(e, s, ui.Settings(e.default_label, "native", 0), "A", 5, 5)
     assert e.forward_passes == 3 and e.cached() == 2  # LRU bound holds
@@ -65,10 +58,10 @@ def test_same_image_from_two_sessions_is_computed_once_but_sessions_stay_apart(e
     one, two = ui.Session(), ui.Session()
     ui.load_sample(engine, one, "coffee", "A")
     with pytest.raises(InputError, match="load image A first"):
-        ui.similarity(engine, two, _settings(engine), "A", 5, 5)  # tab two sees nothing of tab one
+        ui.similarity(engine, two, default_settings(engine), "A", 5, 5)  # tab two sees nothing of tab one
     ui.load_sample(engine, two, "coffee", "A")
-    ui.similarity(engine, one, _settings(engine), "A", 5, 5)
-    ui.similarity(engine, two, _settings(engine), "A", 5, 5)
+    ui.similarity(engine, one, default_settings(engine), "A", 5, 5)
+    ui.similarity(engine, two, default_settings(engine), "A", 5, 5)
     assert engine.forward_passes == 1
     ui.load_sample(engine, two, "astronaut", "A")
     assert one.slots["A"].label == "coffee" and two.slots["A"].label == "astronaut"
@@ -83,7 +76,7 @@ def test_concurrent_clicks_share_one_forward_pass(engine):
     def click(s):
         try:
             for i in range(5):
-                ui.similarity(engine, s, _settings(engine), "A", 20 * i, 10 * i)
+                ui.similarity(engine, s, default_settings(engine), "A", 20 * i, 10 * i)
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -102,27 +95,27 @@ def test_cross_image_pca_norms_matching_attention_equal_the_library(engine):
     a, b = s.slots["A"], s.slots["B"]
     fa = engine.features(engine.default_label, a, "native")
     fb = engine.features(engine.default_label, b, "native")
-    s, pic, msg = ui.similarity(engine, s, _settings(engine), "A", 60, 70, target=ui.OTHER)
+    s, pic, msg = ui.similarity(engine, s, default_settings(engine), "A", 60, 70, target=ui.OTHER)
     assert "over image B" in msg
-    assert _same(pic, similarity_view(fb, Pixel(60, 70), b.image, query_features=fa, query_image=a.image))
-    pic, _ = ui.pca(engine, s, _settings(engine), components="2,3,4", foreground=False)
+    assert same_pixels(pic, similarity_view(fb, Pixel(60, 70), b.image, query_features=fa, query_image=a.image))
+    pic, _ = ui.pca(engine, s, default_settings(engine), components="2,3,4", foreground=False)
     basis = PCABasis.fit([fa], 4)
-    assert _same(pic, pca_view(fa, basis, components=[1, 2, 3]))
-    pic, msg = ui.pca(engine, s, _settings(engine), components="1", both=True)
+    assert same_pixels(pic, pca_view(fa, basis, components=[1, 2, 3]))
+    pic, msg = ui.pca(engine, s, default_settings(engine), components="1", both=True)
     assert "one basis" in msg and pic.width > a.image.width + b.image.width
-    pic, _ = ui.pca(engine, s, _settings(engine), foreground=True)
+    pic, _ = ui.pca(engine, s, default_settings(engine), foreground=True)
     assert pic.size == a.image.size
-    pic, _ = ui.norms(engine, s, _settings(engine), "B", alpha=0.5, cmap="magma")
-    assert _same(pic, norms_view(fb, b.image, alpha=0.5, cmap="magma"))
-    s, pic, msg = ui.matching(engine, s, _settings(engine), method="mnn", top_k=20)
-    assert _same(pic, matches_view(fa, fb, a.image, b.image, method="mnn", top_k=20)[0])
-    s, pic2, _ = ui.matching(engine, s, _settings(engine), method="mnn", top_k=5)  # slider: no new matching
-    assert not _same(pic, pic2)
-    s, _, _ = ui.similarity(engine, s, _settings(engine), "A", 60, 70)
-    pic, msg = ui.attention(engine, s, _settings(engine), "A", heads=False)
+    pic, _ = ui.norms(engine, s, default_settings(engine), "B", alpha=0.5, cmap="magma")
+    assert same_pixels(pic, norms_view(fb, b.image, alpha=0.5, cmap="magma"))
+    s, pic, msg = ui.matching(engine, s, default_settings(engine), method="mnn", top_k=20)
+    assert same_pixels(pic, matches_view(fa, fb, a.image, b.image, method="mnn", top_k=20)[0])
+    s, pic2, _ = ui.matching(engine, s, default_settings(engine), method="mnn", top_k=5)  # slider: no new matching
+    assert not same_pixels(pic, pic2)
+    s, _, _ = ui.similarity(engine, s, default_settings(engine), "A", 60, 70)
+    pic, msg = ui.attention(engine, s, default_settings(engine), "A", heads=False)
     assert "attention of patch" in msg and pic.size[0] >= a.image.width
     passes = engine.forward_passes
-    pic, _ = ui.attention(engine, s, _settings(engine), "A", heads=True)
+    pic, _ = ui.attention(engine, s, default_settings(engine), "A", heads=True)
     assert engine.forward_passes == passes  # attention rows are cached too
     # as many full-size panels a row as the page shows unscaled, so the per-head captions stay legible
     assert a.image.width <= pic.width <= max(ui.callbacks.PAGE_WIDTH, a.image.width) + 4 * 3
@@ -133,17 +126,17 @@ def test_downloads_write_loadable_features_in_a_session_folder(engine):
 
     s = ui.Session()
     with pytest.raises(InputError, match="load an image"):
-        ui.downloads(engine, s, _settings(engine))
+        ui.downloads(engine, s, default_settings(engine))
     ui.load_sample(engine, s, "chelsea", "A")
     ui.load_sample(engine, s, "coffee", "B")
-    ui.matching(engine, s, _settings(engine))
-    paths, msg = ui.downloads(engine, s, _settings(engine))
+    ui.matching(engine, s, default_settings(engine))
+    paths, msg = ui.downloads(engine, s, default_settings(engine))
     assert [p.rsplit("/", 1)[-1] for p in paths] == ["A_chelsea.safetensors", "B_coffee.safetensors", "matches.csv"]
     loaded = Features.load(paths[0])
     assert loaded.patches.shape == engine.features(engine.default_label, s.slots["A"], "native").patches.shape
     other = ui.Session()
     ui.load_sample(engine, other, "chelsea", "A")
-    other_paths, _ = ui.downloads(engine, other, _settings(engine))
+    other_paths, _ = ui.downloads(engine, other, default_settings(engine))
     assert other.folder != s.folder  # one folder per session
     folder = s.folder
     ui._delete_session(s)  # what Gradio calls when the tab goes away
@@ -186,7 +179,7 @@ def test_bad_uploads_are_refused_with_a_message_and_the_session_keeps_its_image(
     with pytest.raises(InputError, match="unknown sample"):
         ui.load_sample(engine, s, "../../etc/passwd", "A")
     assert s.slots["A"].label == "chelsea"
-    s, pic, _ = ui.similarity(engine, s, _settings(engine), "A", 5, 5)  # still works
+    s, pic, _ = ui.similarity(engine, s, default_settings(engine), "A", 5, 5)  # still works
     inside = tmp_path / "uploads" / "ok.png"
     inside.parent.mkdir()
     inside.write_bytes(_png())
@@ -201,14 +194,14 @@ def test_bad_widget_values_are_input_errors(engine):
         lambda: ui.similarity(engine, s, ui.Settings("/etc/passwd"), "A", 5, 5),
         lambda: ui.similarity(engine, s, ui.Settings(engine.default_label, "huge:9"), "A", 5, 5),
         lambda: ui.similarity(engine, s, ui.Settings(engine.default_label, "native", 99), "A", 5, 5),
-        lambda: ui.similarity(engine, s, _settings(engine), "A", 5000, 5),
-        lambda: ui.similarity(engine, s, _settings(engine), "C", 5, 5),
-        lambda: ui.similarity(engine, s, _settings(engine), "A", 5, 5, cmap="no-such"),
-        lambda: ui.similarity(engine, s, _settings(engine), "A", 5, 5, alpha=3),
-        lambda: ui.pca(engine, s, _settings(engine), components="1,2"),
-        lambda: ui.pca(engine, s, _settings(engine), components="x"),
-        lambda: ui.matching(engine, s, _settings(engine)),  # no image B
-        lambda: ui.matching(engine, s, _settings(engine), method="greedy"),
+        lambda: ui.similarity(engine, s, default_settings(engine), "A", 5000, 5),
+        lambda: ui.similarity(engine, s, default_settings(engine), "C", 5, 5),
+        lambda: ui.similarity(engine, s, default_settings(engine), "A", 5, 5, cmap="no-such"),
+        lambda: ui.similarity(engine, s, default_settings(engine), "A", 5, 5, alpha=3),
+        lambda: ui.pca(engine, s, default_settings(engine), components="1,2"),
+        lambda: ui.pca(engine, s, default_settings(engine), components="x"),
+        lambda: ui.matching(engine, s, default_settings(engine)),  # no image B
+        lambda: ui.matching(engine, s, default_settings(engine), method="greedy"),
         lambda: engine.layer(1.5),
     ]
     for call in bad:
@@ -364,9 +357,9 @@ def test_cli_ui_without_gradio_or_bad_port_is_one_line(monkeypatch, capsys):
 
 def test_loading_with_settings_runs_the_forward_pass_so_the_first_click_is_instant(engine):
     s = ui.Session()
-    s, _, msg = ui.load_sample(engine, s, "chelsea", "A", _settings(engine))
+    s, _, msg = ui.load_sample(engine, s, "chelsea", "A", default_settings(engine))
     assert "features ready" in msg and engine.forward_passes == 1
-    ui.similarity(engine, s, _settings(engine), "A", 5, 5)
+    ui.similarity(engine, s, default_settings(engine), "A", 5, 5)
     assert engine.forward_passes == 1
     s, _, msg = ui.load_sample(engine, s, "coffee", "B", ui.Settings(engine.default_label, "native", 42))
     assert s.slots["B"].label == "coffee" and "layer 42 does not exist" in msg  # loaded anyway, reason shown
@@ -378,7 +371,7 @@ def test_loading_with_settings_runs_the_forward_pass_so_the_first_click_is_insta
 def test_live_features_give_the_library_cosine_and_large_grids_fall_back_to_the_server(engine):
     s = ui.Session()
     ui.load_sample(engine, s, "chelsea", "A")
-    settings = _settings(engine)
+    settings = default_settings(engine)
     live = ui.live_data(engine, s, settings)
     meta = live["A"]
     assert live["B"] is None and meta["path"] and meta["bytes"] == meta["rows"] * meta["cols"] * meta["dim"] * 2
@@ -418,7 +411,7 @@ def test_uploads_above_the_budget_are_downscaled_with_a_notice(engine, tmp_path)
 def test_open_views_are_redrawn_and_a_failing_one_is_cleared(engine):
     s = ui.Session()
     ui.load_sample(engine, s, "chelsea", "A")
-    settings = _settings(engine)
+    settings = default_settings(engine)
     ui.norms(engine, s, settings)
     calls = []
     drawers = {"norms": lambda: ("picture", "norms redrawn"),
@@ -460,7 +453,7 @@ def test_a_large_image_does_not_hold_up_another_users_small_one(tiny_model_dir, 
 
     e = SlowForBig(tiny_model_dir, device="cpu", disk_cache=False, workdir=tmp_path)
     big, small = ui.Session(), ui.Session()
-    settings = _settings(e)
+    settings = default_settings(e)
     big.slots["A"] = e._slot(Image.new("RGB", (640, 480), (200, 10, 10)), "big")
     worker = threading.Thread(target=e.features, args=(settings.model, big.slots["A"], "native"))
     worker.start()

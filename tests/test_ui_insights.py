@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 pytest.importorskip("gradio", reason="the explorer needs the ui extra: pip install 'dinoscope[ui]'")
 
 from dinoscope import ui
+from ui_helpers import default_settings, same_pixels
 from dinoscope.analyses import Pixel, query_index
 from dinoscope.analyses.segments import cosegment
 from dinoscope.errors import InputError
@@ -16,31 +16,23 @@ from dinoscope.ui import insights as tabs
 from dinoscope.ui.state import DETAILS
 
 
-def _settings(engine):
-    return ui.Settings(engine.default_label)
-
-
-def _same(a, b):
-    return np.array_equal(np.asarray(a), np.asarray(b))
-
-
 def test_segments_tab_draws_the_library_segments_and_cosegments(engine):
     s = ui.Session()
     ui.load_sample(engine, s, "chelsea", "A")
     ui.load_sample(engine, s, "coffee", "B")
     fa = engine.features(engine.default_label, s.slots["A"], "native")
     fb = engine.features(engine.default_label, s.slots["B"], "native")
-    picture, message = tabs.segments(engine, s, _settings(engine), k=4, alpha=0.5)
+    picture, message = tabs.segments(engine, s, default_settings(engine), k=4, alpha=0.5)
     expected = segments_view(cosegment([fa], 4).labels[0], fa.geometry, s.slots["A"].image, alpha=0.5,
                              colours=palette(4))
-    assert _same(picture, expected) and "4 segments of image A" in message
-    picture, message = tabs.segments(engine, s, _settings(engine), k=3.0, both=True, foreground=True)
+    assert same_pixels(picture, expected) and "4 segments of image A" in message
+    picture, message = tabs.segments(engine, s, default_settings(engine), k=3.0, both=True, foreground=True)
     joint = cosegment([fa, fb], 3, foreground_only=True)
     assert "co-segments" in message and "foreground" in message
     assert picture.width == fa.geometry.image_size[0] + fb.geometry.image_size[0] + 8
     left = picture.crop((0, 0, *fa.geometry.image_size))
-    assert _same(left, segments_view(joint.labels[0], fa.geometry, s.slots["A"].image, colours=palette(3)))
-    picture, message = tabs.segments(engine, s, _settings(engine), k=4, sharpen=True)
+    assert same_pixels(left, segments_view(joint.labels[0], fa.geometry, s.slots["A"].image, colours=palette(3)))
+    picture, message = tabs.segments(engine, s, default_settings(engine), k=4, sharpen=True)
     assert picture.size == s.slots["A"].image.size and "edges following the photo" in message
     assert engine.forward_passes == 2  # every drawing came from the cached features
 
@@ -50,8 +42,8 @@ def test_search_tab_finds_the_clicked_patch_in_image_b(engine):
     s = ui.Session()
     ui.load_sample(engine, s, "coffee", "A")
     ui.load_sample(engine, s, "coffee", "B")
-    s, _, _ = ui.similarity(engine, s, _settings(engine), "A", 130, 75)
-    sheet, rows, message = tabs.search(engine, s, _settings(engine), scope=tabs.IN_B, top=5)
+    s, _, _ = ui.similarity(engine, s, default_settings(engine), "A", 130, 75)
+    sheet, rows, message = tabs.search(engine, s, default_settings(engine), scope=tabs.IN_B, top=5)
     feats = engine.features(engine.default_label, s.slots["A"], "native")
     row, col = divmod(query_index(feats, Pixel(130, 75)), feats.geometry.cols)
     assert len(rows) == 5 and rows[0][:3] == ["B: coffee", row, col] and rows[0][-1] == pytest.approx(1.0)
@@ -73,8 +65,8 @@ def test_search_tab_over_the_server_folder(tiny_model_dir, tmp_path):
     try:
         s = ui.Session()
         ui.load_sample(e, s, "chelsea", "A")
-        ui.similarity(e, s, _settings(e), "A", 200, 120)
-        sheet, rows, message = tabs.search(e, s, _settings(e), scope=tabs.IN_FOLDER, top=3)
+        ui.similarity(e, s, default_settings(e), "A", 200, 120)
+        sheet, rows, message = tabs.search(e, s, default_settings(e), scope=tabs.IN_FOLDER, top=3)
         assert rows[0][:3] == ["cat", 120 // 16, 200 // 16] and rows[0][-1] == pytest.approx(1.0, abs=1e-5)
         assert "the server's folder" in message and isinstance(sheet, Image.Image)
     finally:
@@ -82,12 +74,12 @@ def test_search_tab_over_the_server_folder(tiny_model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("call,word", [
-    (lambda e, s: tabs.segments(e, s, _settings(e), k=0), "number of segments"),
-    (lambda e, s: tabs.segments(e, s, _settings(e), k=2.5), "number of segments"),
-    (lambda e, s: tabs.segments(e, s, _settings(e), k=4, both=True), "load image B"),
-    (lambda e, s: tabs.search(e, s, _settings(e)), "click a point on image A"),
-    (lambda e, s: tabs.search(e, s, _settings(e), top=0), "number of hits"),
-    (lambda e, s: tabs.search(e, s, _settings(e), scope="/etc"), "scope"),
+    (lambda e, s: tabs.segments(e, s, default_settings(e), k=0), "number of segments"),
+    (lambda e, s: tabs.segments(e, s, default_settings(e), k=2.5), "number of segments"),
+    (lambda e, s: tabs.segments(e, s, default_settings(e), k=4, both=True), "load image B"),
+    (lambda e, s: tabs.search(e, s, default_settings(e)), "click a point on image A"),
+    (lambda e, s: tabs.search(e, s, default_settings(e), top=0), "number of hits"),
+    (lambda e, s: tabs.search(e, s, default_settings(e), scope="/etc"), "scope"),
 ])
 def test_bad_widget_values_are_one_line_errors(engine, call, word):
     s = ui.Session()
@@ -99,9 +91,9 @@ def test_bad_widget_values_are_one_line_errors(engine, call, word):
 def test_folder_scope_without_a_search_folder_says_how_to_add_one(engine):
     s = ui.Session()
     ui.load_sample(engine, s, "chelsea", "A")
-    ui.similarity(engine, s, _settings(engine), "A", 20, 20)
+    ui.similarity(engine, s, default_settings(engine), "A", 20, 20)
     with pytest.raises(InputError, match="--search-folder"):
-        tabs.search(engine, s, _settings(engine), scope=tabs.IN_FOLDER)
+        tabs.search(engine, s, default_settings(engine), scope=tabs.IN_FOLDER)
 
 
 def test_tabs_are_wired_and_errors_stay_in_the_page(engine):

@@ -89,3 +89,16 @@ def fetch_served_page_then_interrupt(proc, *, wait: float = 120) -> None:
             proc.kill()
             raise
     assert rc in (0, 130), proc.stderr.read()[-2000:]
+
+
+def default_settings(engine):
+    """The explorer's settings with the engine's default model and every other control at its default."""
+    from dinoscope import ui
+
+    return ui.Settings(engine.default_label)
+
+
+def same_pixels(a, b) -> bool:
+    import numpy as np
+
+    return np.array_equal(np.asarray(a), np.asarray(b))
