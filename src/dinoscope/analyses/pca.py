@@ -25,7 +25,9 @@ class PCABasis:
     """Standardise, project on the top components, scale each to [0, 1] with the fit's range.
 
     The scaling range comes from the fit, so the same basis gives the same colours to the
-    same feature on any image. Each component's sign is fixed so that its largest loading is
+    same feature on any image. The "paper" style is the official DINOv3 notebooks' recipe instead:
+    the tokens are only centred, each component is whitened (divided by the square root of its
+    explained variance, as scikit-learn's `PCA(whiten=True)`) and coloured sigmoid(2 x score). Each component's sign is fixed so that its largest loading is
     positive: the fit is deterministic and the colours do not flip between runs.
 
     Computed in NumPy (float64 where it matters); the fields are torch tensors when the basis was
@@ -40,24 +42,34 @@ class PCABasis:
     variance: "torch.Tensor"  # (k,) explained variance of each component
     foreground: "torch.Tensor | None" = None  # (D,) PC1 direction and threshold used for a foreground-only fit
     threshold: float = 0.0
+    style: str = "plain"  # "paper": centred, not standardised; colours sigmoid(2 x whitened projection)
 
     @classmethod
-    def fit(cls, samples, n_components: int = 3, *, foreground_only: bool = False) -> "PCABasis":
+    def fit(cls, samples, n_components: int = 3, *, foreground_only: bool = False, style: str = "plain",
+            masks=None) -> "PCABasis":
         """Fit on Features objects or (N, D) tensors or arrays.
 
         With `foreground_only`, a first fit on all patches splits them on the first component
         (the side that holds fewer patches on the image border is foreground); the basis is
         then refitted on foreground patches only and `transform` draws background black.
+        `masks` (one (rows, cols) bool grid per sample, e.g. a foreground probe's) fits on the
+        patches they mark instead; `transform(..., mask=)` then blackens the rest.
         """
+        style = check_style(style)
         data, reference = _stack(samples)
-        if foreground_only:
-            basis = cls._fit_foreground(data, n_components, _border_mask(samples))
+        if masks is not None:
+            keep = _stack_masks(masks, len(data))
+            if keep.sum() < max(n_components + 1, 2):
+                raise InputError("too few foreground patches to fit a PCA; check the foreground mask or probe")
+            basis = cls._fit_array(data[keep], n_components, style)
+        elif foreground_only:
+            basis = cls._fit_foreground(data, n_components, _border_mask(samples), style)
         else:
-            basis = cls._fit_array(data, n_components)
+            basis = cls._fit_array(data, n_components, style)
         return basis._as_kind_of(reference)
 
     @classmethod
-    def _fit_foreground(cls, data: np.ndarray, n_components: int, border) -> "PCABasis":
+    def _fit_foreground(cls, data: np.ndarray, n_components: int, border, style: str = "plain") -> "PCABasis":
         first = PCABasis._fit_array(data, 1)
         score = first._project(data)[:, 0]
         if border is not None and border.any() and (score[border] > 0).mean() > (score[~border] > 0).mean():
@@ -68,13 +80,13 @@ class PCABasis:
         mask = score > 0
         if mask.sum() < max(n_components + 1, 2):
             raise InputError("too few foreground patches to fit a PCA; drop the foreground-only option")
-        basis = cls._fit_array(data[mask], n_components)
+        basis = cls._fit_array(data[mask], n_components, style)
         basis.foreground = np.concatenate([first.mean, first.scale, direction])
         return basis
 
     @classmethod
-    def _fit_array(cls, data: np.ndarray, n_components: int) -> "PCABasis":
-        """The basis (NumPy fields) of (N, D) float32 data."""
+    def _fit_array(cls, data: np.ndarray, n_components: int, style: str = "plain") -> "PCABasis":
+        """The basis (NumPy fields) of (N, D) float32 data: standardised ("plain") or only centred ("paper")."""
         n, d = data.shape
         if n_components < 1 or n_components > d:
             raise InputError(f"number of PCA components must be between 1 and {d}")
@@ -82,12 +94,13 @@ class PCABasis:
             raise InputError("PCA needs at least two patches; use a larger image")
         x = data.astype(np.float64)
         mean = x.mean(0)
-        scale = x.std(0, ddof=1)
+        scale = x.std(0, ddof=1) if style == "plain" else np.ones(d)
         scale = np.where(scale > 0, scale, 1.0)
         z = (x - mean) / scale
         with one_blas_thread():  # too small to split: threads cost more than the work on a busy CPU
             cov = z.T @ z / (n - 1)
         basis = cls._from_moments(mean, scale, cov, n_components)
+        basis.style = style
         with one_blas_thread():
             proj = z @ basis.components.astype(np.float64).T
         basis.low, basis.high = proj.min(0).astype(np.float32), proj.max(0).astype(np.float32)
@@ -125,7 +138,7 @@ class PCABasis:
             return self
         fields = (self.mean, self.scale, self.components, self.low, self.high, self.variance)
         foreground = None if self.foreground is None else like(self.foreground, reference)
-        return PCABasis(*(like(f, reference) for f in fields), foreground, self.threshold)
+        return PCABasis(*(like(f, reference) for f in fields), foreground, self.threshold, self.style)
 
     @property
     def n_components(self) -> int:
@@ -153,17 +166,23 @@ class PCABasis:
         mask = self._foreground_mask(features)
         return None if mask is None else like(mask, features.patches)
 
-    def transform(self, features, components=None):
-        """(rows, cols, k) values in [0, 1]; `components` picks which ones (0-based), default all."""
+    def transform(self, features, components=None, *, mask=None):
+        """(rows, cols, k) values in [0, 1]; `components` picks which ones (0-based), default all. `mask`, a
+        (rows, cols) bool grid (a foreground probe's), blackens the patches it leaves out."""
         idx = list(range(self.n_components)) if components is None else list(components)
         for c in idx:
             if not 0 <= c < self.n_components:
                 raise InputError(f"PCA component {c + 1} does not exist; this basis has {self.n_components}")
         proj = self._project(features.flat)[:, idx]
-        low, high = as_array(self.low)[idx], as_array(self.high)[idx]
-        span = np.where(high > low, high - low, np.float32(1.0))
-        out = np.clip((proj - low) / span, 0, 1).reshape(*features.patches.shape[:2], len(idx))
-        mask = self._foreground_mask(features)
+        if self.style == "paper":
+            whitened = proj / np.sqrt(np.maximum(as_array(self.variance, np.float64)[idx], 1e-12))
+            out = 1.0 / (1.0 + np.exp(-2.0 * whitened))
+        else:
+            low, high = as_array(self.low)[idx], as_array(self.high)[idx]
+            span = np.where(high > low, high - low, np.float32(1.0))
+            out = np.clip((proj - low) / span, 0, 1)
+        out = out.astype(np.float32).reshape(*features.patches.shape[:2], len(idx))
+        mask = self._foreground_mask(features) if mask is None else np.asarray(as_array(mask), bool)
         if mask is not None:
             out = out * mask[..., None]
         return like(out, features.patches)
@@ -175,7 +194,7 @@ class PCABasis:
             tensors["foreground"] = self.foreground
         with atomic_path(path) as tmp:
             save_file({k: as_array(v, None) for k, v in tensors.items()}, os.fspath(tmp),
-                      metadata={"kind": "dinoscope-pca"})
+                      metadata={"kind": "dinoscope-pca", "style": self.style})
         return Path(path)
 
     @classmethod
@@ -184,10 +203,29 @@ class PCABasis:
         try:
             with safe_open(os.fspath(path), framework=framework) as f:
                 t = {k: f.get_tensor(k) for k in f.keys()}
-            return cls(t["mean"], t["scale"], t["components"], t["low"], t["high"], t["variance"], t.get("foreground"))
+                style = (f.metadata() or {}).get("style", "plain")
+            return cls(t["mean"], t["scale"], t["components"], t["low"], t["high"], t["variance"], t.get("foreground"),
+                       style=check_style(style))
         except (OSError, KeyError, ValueError, RuntimeError, SafetensorError) as exc:
             raise InputError(f"{path} is not a PCA basis file ({type(exc).__name__}); "
                              "save one with `dinoscope pca --save-pca-basis FILE`") from exc
+
+
+STYLES = ("plain", "paper")
+
+
+def check_style(style: str) -> str:
+    if style not in STYLES:
+        raise InputError(f"unknown PCA style {style!r}; use plain (min-max colours) or paper (whitened, sigmoid)")
+    return style
+
+
+def _stack_masks(masks, n: int) -> np.ndarray:
+    keep = np.concatenate([np.asarray(as_array(m), bool).reshape(-1) for m in masks])
+    if keep.shape[0] != n:
+        raise InputError(f"the foreground masks cover {keep.shape[0]} patches, the features {n}; give one mask "
+                         "per image, of its grid")
+    return keep
 
 
 def pca_rgb(features, basis: PCABasis | None = None, *, foreground_only: bool = False):
