@@ -33,3 +33,8 @@ def like(array: np.ndarray, *references):
     if any(is_tensor(r) for r in references):
         return sys.modules["torch"].from_numpy(np.ascontiguousarray(array))
     return array
+
+
+def sigmoid(z):
+    """The logistic function, written with tanh so that large |z| neither overflows nor warns."""
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z)))

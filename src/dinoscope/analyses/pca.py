@@ -13,7 +13,7 @@ from safetensors.numpy import save_file
 
 from ..errors import InputError
 from ..files import atomic_path
-from .arrays import as_array, is_tensor, like
+from .arrays import as_array, is_tensor, like, sigmoid
 from .threads import one_blas_thread
 
 if TYPE_CHECKING:
@@ -27,8 +27,8 @@ class PCABasis:
     The scaling range comes from the fit, so the same basis gives the same colours to the
     same feature on any image. The "paper" style is the official DINOv3 notebooks' recipe instead:
     the tokens are only centred, each component is whitened (divided by the square root of its
-    explained variance, as scikit-learn's `PCA(whiten=True)`) and coloured sigmoid(2 x score). Each component's sign is fixed so that its largest loading is
-    positive: the fit is deterministic and the colours do not flip between runs.
+    explained variance, as scikit-learn's `PCA(whiten=True)`) and coloured sigmoid(2 x score).
+    Each component's sign is fixed so that its largest loading is positive: the fit is deterministic and the colours do not flip between runs.
 
     Computed in NumPy (float64 where it matters); the fields are torch tensors when the basis was
     fitted on (or loaded as) tensors and NumPy arrays when fitted on NumPy-backed Features.
@@ -58,10 +58,8 @@ class PCABasis:
         style = check_style(style)
         data, reference = _stack(samples)
         if masks is not None:
-            keep = _stack_masks(masks, len(data))
-            if keep.sum() < max(n_components + 1, 2):
-                raise InputError("too few foreground patches to fit a PCA; check the foreground mask or probe")
-            basis = cls._fit_array(data[keep], n_components, style)
+            basis = cls._fit_selected(data, _stack_masks(masks, len(data)), n_components, style,
+                                      "check the foreground mask or probe")
         elif foreground_only:
             basis = cls._fit_foreground(data, n_components, _border_mask(samples), style)
         else:
@@ -77,12 +75,17 @@ class PCABasis:
             direction = -first.components[0]
         else:
             direction = first.components[0]
-        mask = score > 0
-        if mask.sum() < max(n_components + 1, 2):
-            raise InputError("too few foreground patches to fit a PCA; drop the foreground-only option")
-        basis = cls._fit_array(data[mask], n_components, style)
+        basis = cls._fit_selected(data, score > 0, n_components, style, "drop the foreground-only option")
         basis.foreground = np.concatenate([first.mean, first.scale, direction])
         return basis
+
+    @classmethod
+    def _fit_selected(cls, data: np.ndarray, keep: np.ndarray, n_components: int, style: str,
+                      remedy: str) -> "PCABasis":
+        """The basis of the foreground rows `keep` of `data`; too few of them is an InputError ending in `remedy`."""
+        if keep.sum() < max(n_components + 1, 2):
+            raise InputError(f"too few foreground patches to fit a PCA; {remedy}")
+        return cls._fit_array(data[keep], n_components, style)
 
     @classmethod
     def _fit_array(cls, data: np.ndarray, n_components: int, style: str = "plain") -> "PCABasis":
@@ -176,7 +179,7 @@ class PCABasis:
         proj = self._project(features.flat)[:, idx]
         if self.style == "paper":
             whitened = proj / np.sqrt(np.maximum(as_array(self.variance, np.float64)[idx], 1e-12))
-            out = 1.0 / (1.0 + np.exp(-2.0 * whitened))
+            out = sigmoid(2.0 * whitened)
         else:
             low, high = as_array(self.low)[idx], as_array(self.high)[idx]
             span = np.where(high > low, high - low, np.float32(1.0))

@@ -27,7 +27,7 @@ from scipy.signal import medfilt2d
 
 from ..errors import InputError
 from ..files import atomic_path
-from .arrays import as_array
+from .arrays import as_array, sigmoid
 
 C_GRID = tuple(float(c) for c in np.logspace(-7, 0, 8))  # the notebook's grid
 CLEAR = 0.01  # a patch is background below this mask share, foreground above 1 - CLEAR; ambiguous between
@@ -92,7 +92,7 @@ class Probe:
         rows, cols = features.patches.shape[:2]
         logits = as_array(features.flat, np.float64) @ self.weight.T.astype(np.float64) + self.bias
         if self.binary:
-            return _sigmoid(logits[:, 0]).reshape(rows, cols).astype(np.float32)
+            return sigmoid(logits[:, 0]).reshape(rows, cols).astype(np.float32)
         return _softmax(logits).reshape(rows, cols, -1).astype(np.float32)
 
     def predict(self, features, *, threshold: float = THRESHOLD, median: int = MEDIAN) -> np.ndarray:
@@ -209,10 +209,10 @@ def patch_shares(labels: np.ndarray, geometry, n_classes: int) -> np.ndarray:
 def labelled_patches(features, mask: MaskClasses) -> tuple[np.ndarray, np.ndarray]:
     """(X (n, D) float32, y (n,) int) of the patches the mask labels clearly (ambiguous ones left out)."""
     shares = patch_shares(mask.labels, features.geometry, len(mask.classes)).reshape(-1, len(mask.classes))
-    best = shares.max(1)
-    keep = best > 1 - CLEAR
     if len(mask.classes) == 2:  # the notebook's rule: share of foreground below 1% or above 99%
         keep = (shares[:, 1] < CLEAR) | (shares[:, 1] > 1 - CLEAR)
+    else:  # one class covers nearly the whole patch
+        keep = shares.max(1) > 1 - CLEAR
     return as_array(features.flat)[keep].astype(np.float32), shares.argmax(1)[keep]
 
 
@@ -251,11 +251,13 @@ def train_probe(features: list, masks: list[MaskClasses], *, c_grid=C_GRID, c: f
 def held_out_scores(x: np.ndarray, y: np.ndarray, groups: np.ndarray, k: int, c_grid) -> dict:
     """{C: mean held-out average precision}: leave one image out when there are several, else 5 folds of
     the patches (a fixed permutation, so the choice is repeatable)."""
-    if len(np.unique(groups)) > 1:
-        folds = [groups == g for g in np.unique(groups)]
+    images = np.unique(groups)
+    if len(images) > 1:
+        folds = [groups == g for g in images]
     else:
-        order = np.random.default_rng(0).permutation(len(y))
-        folds = [np.isin(np.arange(len(y)), order[i::5]) for i in range(5)]
+        fold_of = np.empty(len(y), np.int64)
+        fold_of[np.random.default_rng(0).permutation(len(y))] = np.arange(len(y)) % 5
+        folds = [fold_of == i for i in range(5)]
     scores = {}
     for c in c_grid:
         found = []
@@ -281,7 +283,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, k: int, c: float) -> tuple[np.nda
         w, b = theta[:rows * d].reshape(rows, d), theta[rows * d:]
         z = x @ w.T + b
         if rows == 1:
-            p = _sigmoid(z)
+            p = sigmoid(z)
             nll = np.sum(np.logaddexp(0, z) - target * z)
         else:
             zmax = z.max(1, keepdims=True)
@@ -319,10 +321,6 @@ def mean_ap(logits: np.ndarray, y: np.ndarray, k: int) -> float:
     if k == 2:
         return average_precision(logits[:, 0], y == 1)
     return float(np.nanmean([average_precision(logits[:, j], y == j) for j in range(k)]))
-
-
-def _sigmoid(z):
-    return 0.5 * (1.0 + np.tanh(0.5 * z))  # stable for large |z|
 
 
 def _softmax(z):
